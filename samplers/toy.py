@@ -43,7 +43,8 @@ class GaussianMixture:
         if s.numel() == 1:
             s = s.expand(shape[0])
         s = s[:, None]
-        if rf:  # x = (1-s) x0 + s eps  ->  x/(1-s) = x0 + s/(1-s) eps
+        if rf:  # x = (1-s) x0 + s eps  ->  x/(1-s) = x0 + s/(1-s) eps  (s = 1 is pure noise)
+            s = s.clamp(max=1 - 1e-6)
             xf = xf / (1 - s)
             s = s / (1 - s)
         var = self.stds[None, :] ** 2 + s ** 2                       # [B, K]

@@ -1,0 +1,315 @@
+"""Nested Diffusion (Elata, Kawar, Michaeli, Elad — WACV 2024) as a k-diffusion sampler.
+
+Anytime generation: the SIGMAS given to :func:`sample_nested` are the *outer* schedule.  At every
+outer step i a complete, short *inner* diffusion runs from the current outer state (x, sigma_i)
+down to sigma = 0; its result x̂0 is a viable image (the anytime preview) and is re-projected to
+sigma_{i+1} with a DDIM(eta_out) step::
+
+    for i in range(N):
+        y   = inner(model, x, build_inner_sigmas(ms, sigma_i, K))    # inner diffusion, own noise
+        x̂0  = y / sqrt(1 + sigma_end**2)                              # = y unless parity mode
+        x   = x̂0 + sigma_down * (x - x̂0) / sigma_i + sigma_up * z    # outer DDIM(eta_out)
+
+See ``shared/specs/nested.md`` §3.  Pure torch: nothing here imports ComfyUI.  The inner solver
+is any k-diffusion-style callable; the schedule object ``ms`` only needs ComfyUI's
+``model_sampling`` interface (``sigma(t)``, ``timestep(sigma)``, ``sigma_min``, ``sigma_max``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional, Sequence, Union
+
+import torch
+
+from .common import (ancestral_update, append_zero, batch_sigma, exponential_sigmas, karras_sigmas,
+                     make_noise_sampler, sample_euler_ancestral)
+
+__all__ = [
+    "INNER_SCHEDULES",
+    "OUTER_SEED_OFFSET",
+    "sample_nested",
+    "build_inner_sigmas",
+    "retarget_sigmas",
+    "official_outer_sigmas",
+    "sample_dpm_2s_grid",
+    "inner_nfe",
+    "validate_nested_options",
+]
+
+#: inner schedules built here; any other name is a ComfyUI scheduler re-targeted by the caller.
+INNER_SCHEDULES = ("official", "official_dpm", "normal", "karras", "exponential")
+
+#: the outer noise stream is seeded with ``seed + OUTER_SEED_OFFSET``; inner process i with ``seed + 1 + i``.
+OUTER_SEED_OFFSET = 0x5EED
+
+
+# --------------------------------------------------------------------------------------------
+# schedules
+# --------------------------------------------------------------------------------------------
+def _ms_sigma(ms, t: float) -> float:
+    return float(ms.sigma(torch.tensor(float(t), dtype=torch.float64)))
+
+
+def _ms_timestep(ms, sigma: float) -> float:
+    return float(ms.timestep(torch.tensor(float(sigma), dtype=torch.float64)))
+
+
+def official_outer_sigmas(ms, n: int, timesteps: int = 1000) -> torch.Tensor:
+    """The official outer grid (nested.md §3.4): sigma(t_k), t_k = round(1 + 998 (N-k)/N), k < N, then 0.
+
+    The official code's unused final target t = 1 is replaced by 0.
+    """
+    if n < 1:
+        raise ValueError(f"steps must be >= 1 (got {n})")
+    last = timesteps - 1
+    ts = [round(1 + (last - 1) * (n - k) / n) for k in range(n)]
+    return torch.tensor([_ms_sigma(ms, t) for t in ts] + [0.0], dtype=torch.float64)
+
+
+def retarget_sigmas(ms, full: torch.Tensor, s_start: float) -> torch.Tensor:
+    """Re-target a full schedule (sigma_max ... 0) so that it starts exactly at ``s_start``.
+
+    The timestep pattern of ``full`` is rescaled so its first timestep lands on timestep(s_start)
+    (nested.md §3.3, generic branch).  Works for any ComfyUI scheduler's output.
+    """
+    full = torch.as_tensor(full, dtype=torch.float64)
+    body = full[:-1] if float(full[-1]) == 0.0 else full
+    t0 = _ms_timestep(ms, s_start)
+    tf = [_ms_timestep(ms, float(v)) for v in body]
+    if tf[0] <= 0:
+        sig = [float(s_start)]
+    else:
+        sig = [_ms_sigma(ms, t * t0 / tf[0]) for t in tf]
+    sig[0] = float(s_start)
+    sig = [v for j, v in enumerate(sig) if j == 0 or v < sig[j - 1]]   # keep it strictly descending
+    return torch.tensor(sig + [0.0], dtype=torch.float64)
+
+
+def build_inner_sigmas(ms, s_start: float, steps: int, kind: Union[str, Callable] = "official",
+                       end: str = "zero", discard_penultimate: bool = False) -> torch.Tensor:
+    """Inner sigma list for an inner process starting at ``s_start`` (nested.md §3.3).
+
+    ``kind``: one of :data:`INNER_SCHEDULES`, or a callable ``f(ms, s_start, steps) -> sigmas``
+    (the ComfyUI layer passes one that re-targets any ComfyUI scheduler).  The first sigma equals
+    ``s_start`` exactly.  ``end="zero"`` runs the inner process to sigma = 0 (clean x0);
+    ``end="sigma_min"`` stops at the model's sigma(t=0) as the official code does (parity mode).
+    ``discard_penultimate`` mirrors ComfyUI's handling of dpm_2/uni_pc-style samplers.
+    """
+    s_start = float(s_start)
+    k = int(steps) + (1 if discard_penultimate else 0)
+    tail0 = _ms_sigma(ms, 0) if end == "sigma_min" else 0.0
+    if callable(kind):
+        sig = torch.as_tensor(kind(ms, s_start, k), dtype=torch.float64).clone()
+        sig[0] = s_start
+    elif kind in ("official", "official_dpm"):
+        T = int(round(_ms_timestep(ms, s_start)))
+        if kind == "official":
+            n = max(1, min(k, T))
+            ts = [round(float(v)) for v in torch.linspace(1, max(T, 1), n, dtype=torch.float64)][::-1]
+            tail = tail0
+        else:
+            n = max(1, min(k, T))
+            ts = [round(float(v)) for v in torch.linspace(0, max(T, 1), n + 1, dtype=torch.float64)][::-1][:-1]
+            tail = _ms_sigma(ms, 0) if end == "sigma_min" else 0.0
+        sig = [_ms_sigma(ms, t) for t in ts]
+        sig[0] = s_start
+        sig = torch.tensor(sig + [tail], dtype=torch.float64)
+    elif kind == "normal":
+        t0 = _ms_timestep(ms, s_start)
+        ts = torch.linspace(t0, 0, k, dtype=torch.float64) if k > 1 else torch.tensor([t0], dtype=torch.float64)
+        sig = [_ms_sigma(ms, float(t)) for t in ts]
+        sig[0] = s_start
+        sig = torch.tensor(sig + [0.0], dtype=torch.float64)
+    elif kind in ("karras", "exponential"):
+        smin = min(float(ms.sigma_min), s_start * 0.5)
+        fn = karras_sigmas if kind == "karras" else exponential_sigmas
+        sig = fn(k, smin, s_start) if k > 1 else torch.tensor([s_start, 0.0], dtype=torch.float64)
+        sig[0] = s_start
+    else:
+        raise ValueError(f"inner_scheduler must be one of {INNER_SCHEDULES} or a callable (got {kind!r})")
+    if discard_penultimate and len(sig) > 2:
+        sig = torch.cat([sig[:-2], sig[-1:]])
+    tail = tail0 if end == "sigma_min" else 0.0
+    return _finalize(sig, s_start, tail)
+
+
+def _finalize(sig: torch.Tensor, s_start: float, tail: float) -> torch.Tensor:
+    """Start exactly at ``s_start``, stay strictly decreasing and above ``tail``, end at ``tail``."""
+    body = [s_start]
+    for v in sig[1:].tolist():
+        if tail < v < body[-1]:
+            body.append(v)
+    if body[-1] <= tail:          # s_start at or below the parity tail: a single step to 0
+        tail = 0.0
+    return torch.tensor(body + [tail], dtype=torch.float64)
+
+
+def inner_nfe(sigmas: torch.Tensor, evals_per_step: int = 1) -> int:
+    """Model evaluations of one inner process on ``sigmas`` for a sampler of ``evals_per_step``."""
+    return (len(sigmas) - 1) * evals_per_step
+
+
+# --------------------------------------------------------------------------------------------
+# the official DPM-Solver++(2S) "grid" inner solver (nested.md §2.4 / §3.2)
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample_dpm_2s_grid(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """DPM-Solver++ singlestep order 2 with the *grid point* as midpoint, as the official DPM inner.
+
+    Steps come in pairs a -> b -> c over the grid: a first-order (DDIM eta 0) step a -> b, then a
+    second-order update from x_a to c using D(x_a) and D(x_b).  An odd last step is first order.
+    Deterministic; 1 model call per grid step.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    n = len(sigmas) - 1
+    i = 0
+    while i < n:
+        sa, sb = sigmas[i], sigmas[i + 1]
+        d0 = model(x, batch_sigma(x, sa), **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sa, "sigma_hat": sa, "denoised": d0})
+        if i + 1 == n or float(sb) == 0.0:           # odd tail: first order
+            x = d0 if float(sb) == 0.0 else d0 + (sb / sa) * (x - d0)
+            i += 1
+            continue
+        sc = sigmas[i + 2]
+        xb = d0 + (sb / sa) * (x - d0)
+        d1 = model(xb, batch_sigma(xb, sb), **extra_args)
+        if callback is not None:
+            callback({"x": xb, "i": i + 1, "sigma": sb, "sigma_hat": sb, "denoised": d1})
+        if float(sc) == 0.0:
+            x = d1
+        else:
+            r0 = math.log(float(sa) / float(sb)) / math.log(float(sa) / float(sc))
+            x = (sc / sa) * x + (1 - sc / sa) * (d0 + (d1 - d0) / (2 * r0))
+        i += 2
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# validation (called before any model work)
+# --------------------------------------------------------------------------------------------
+def validate_nested_options(inner_steps: int, inner_eta: float, outer_eta: float,
+                            inner_s_noise: float = 1.0, outer_s_noise: float = 1.0,
+                            inner_end: str = "zero", inner_schedule="official") -> None:
+    if not isinstance(inner_steps, int) or inner_steps < 1:
+        raise ValueError(f"inner_steps must be an integer >= 1 (got {inner_steps!r})")
+    for name, v in (("inner_eta", inner_eta), ("outer_eta", outer_eta),
+                    ("inner_s_noise", inner_s_noise), ("outer_s_noise", outer_s_noise)):
+        if not math.isfinite(float(v)) or float(v) < 0:
+            raise ValueError(f"{name} must be a finite number >= 0 (got {v!r})")
+    if inner_end not in ("zero", "sigma_min"):
+        raise ValueError(f"inner_end must be 'zero' or 'sigma_min' (got {inner_end!r})")
+    if not callable(inner_schedule) and inner_schedule not in INNER_SCHEDULES:
+        raise ValueError(f"inner_scheduler must be one of {INNER_SCHEDULES} or a callable (got {inner_schedule!r})")
+
+
+def _check_sigmas(sigmas) -> None:
+    if sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ValueError(f"sigmas must be a 1-D list of at least 2 values (got shape {tuple(sigmas.shape)})")
+    if not bool(torch.all(sigmas[:-1] > sigmas[1:])):
+        raise ValueError("sigmas must be strictly decreasing")
+
+
+# --------------------------------------------------------------------------------------------
+# the sampler
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample_nested(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
+                  model_sampling=None,
+                  inner_sampler: Optional[Callable] = None,
+                  inner_options: Optional[dict] = None,
+                  inner_steps: int = 4,
+                  inner_scheduler: Union[str, Callable] = "official",
+                  inner_eta: float = 0.85,
+                  inner_s_noise: float = 1.0,
+                  outer_eta: float = 1.0,
+                  outer_s_noise: float = 1.0,
+                  inner_end: str = "zero",
+                  discard_penultimate: bool = False,
+                  rf: bool = False,
+                  collect: Optional[List[torch.Tensor]] = None,
+                  should_stop: Optional[Callable[[int], bool]] = None,
+                  inner_noise_sampler_factory: Optional[Callable] = None,
+                  outer_noise_sampler=None,
+                  outer_index_key: Optional[str] = "nested_outer_index"):
+    """Nested Diffusion sampler (k-diffusion contract).
+
+    Args:
+        model: denoiser ``model(x, sigma_batch, **extra_args) -> x0`` (CFG already applied).
+        x: the initial state, already noise-scaled to ``sigmas[0]``.
+        sigmas: the OUTER schedule (descending; may end in 0 or not).
+        model_sampling: schedule object with ComfyUI's ``model_sampling`` interface; required for
+            the ``official``/``official_dpm``/``normal`` inner schedules and generic re-targeting.
+        inner_sampler: k-diffusion function used for every inner process; default: ancestral Euler
+            with ``inner_eta`` (= the official "DDIM eta 0.85" inner).  Called as
+            ``inner_sampler(model, x, inner_sigmas, extra_args=..., callback=None, disable=True,
+            **inner_options)``.
+        inner_options: extra keyword options for ``inner_sampler`` (e.g. ``{"eta": 0.85}``).
+        inner_steps, inner_scheduler, inner_end, discard_penultimate: see :func:`build_inner_sigmas`.
+        inner_eta, inner_s_noise: used by the default inner sampler only.
+        outer_eta, outer_s_noise: the outer DDIM re-projection's eta.  The official code uses 0
+            (deterministic); the default 1 re-noises the outer state with fresh noise, which keeps
+            the marginals right when the inner result is an approximate posterior sample and
+            removes the over-dispersion drift of nested.md §3.6-3 (toy world: final distance
+            0.10 vs 0.22 for eta 0, plain DDIM 0.13; first preview unchanged).
+        rf: rectified-flow ("CONST") outer formula.
+        collect: a list that receives the per-outer-step x0 estimates (the anytime previews).
+        should_stop: ``f(i) -> bool`` asked after outer step i; True returns that step's estimate
+            (anytime stop, e.g. a wall-clock budget).
+        inner_noise_sampler_factory: ``f(i, x) -> noise_sampler`` for inner process i (tests inject
+            noise); default: the inner sampler draws from ``extra_args["seed"] = seed + 1 + i``.
+        outer_noise_sampler: noise for the outer step; default: its own stream from ``seed + 0x5EED``.
+        outer_index_key: ``extra_args["model_options"][key] = i`` is set for every model call of
+            outer step i, so a guider can switch prompts at an outer step (not on sigma).
+
+    Returns the last x0 estimate when ``sigmas`` ends in 0, else x after the last outer update.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    sigmas = torch.as_tensor(sigmas)
+    _check_sigmas(sigmas)
+    validate_nested_options(inner_steps, inner_eta, outer_eta, inner_s_noise, outer_s_noise, inner_end,
+                            inner_scheduler)
+    if model_sampling is None and (not callable(inner_scheduler)):
+        if inner_scheduler in ("official", "official_dpm", "normal") or inner_end == "sigma_min":
+            raise ValueError(f"inner_scheduler {inner_scheduler!r} needs model_sampling")
+    in_dtype = x.dtype
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()                                   # sampler arithmetic in fp32 (spec §3.6-8)
+    seed = extra_args.get("seed")
+    if outer_noise_sampler is None:
+        outer_noise_sampler = make_noise_sampler(x, None if seed is None else seed + OUTER_SEED_OFFSET)
+    if inner_sampler is None:
+        inner_sampler = sample_euler_ancestral
+        inner_options = {"eta": inner_eta, "s_noise": inner_s_noise, "rf": rf, **(inner_options or {})}
+    inner_options = dict(inner_options or {})
+
+    n = len(sigmas) - 1
+    x0 = x
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        sig_in = build_inner_sigmas(model_sampling, float(s), inner_steps, inner_scheduler, inner_end,
+                                    discard_penultimate).to(device=sigmas.device, dtype=sigmas.dtype)
+        sig_in[0] = s                                   # bit-exact start at the outer level
+        ea = dict(extra_args)
+        if seed is not None:
+            ea["seed"] = seed + 1 + i                   # a distinct noise stream per inner process
+        if outer_index_key is not None:
+            ea["model_options"] = {**extra_args.get("model_options", {}), outer_index_key: i}
+        opts = dict(inner_options)
+        if inner_noise_sampler_factory is not None:
+            opts["noise_sampler"] = inner_noise_sampler_factory(i, x)
+        y = inner_sampler(model, x.clone(), sig_in, extra_args=ea, callback=None, disable=True, **opts)
+        y = y.to(x.dtype)
+        tail = float(sig_in[-1])
+        x0 = y / math.sqrt(1.0 + tail ** 2) if tail > 0 else y   # official: VP sample at t=0 taken as x0
+        if collect is not None:
+            collect.append(x0.to(in_dtype))
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": s, "sigma_hat": s, "denoised": x0})
+        if float(s_next) == 0.0:
+            return x0.to(in_dtype)
+        if should_stop is not None and should_stop(i):
+            return x0.to(in_dtype)
+        x = ancestral_update(x, x0, s, s_next, outer_eta, outer_s_noise, outer_noise_sampler, rf=rf)
+    return x.to(in_dtype)
