@@ -1,0 +1,201 @@
+"""Glue between the pure samplers and ComfyUI (the only layer that imports ``comfy``).
+
+Small helpers shared by the three one-node samplers: input validation, sigmas with denoise
+slicing (as ``BasicScheduler``), a model proxy that honours interrupt and counts model
+evaluations, previews through ComfyUI's own preview channel, and the guider run itself
+(the same steps as ``SamplerCustomAdvanced``).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable, Optional
+
+import torch
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+
+# ------------------------------------------------------------------------------------------
+# validation: clear errors naming the input, raised before any model work
+# ------------------------------------------------------------------------------------------
+def check_int(name: str, value, lo: int, hi: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        allowed = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise ValueError(f"{name} must be an integer {allowed} (got {value!r})")
+    return value
+
+
+def check_float(name: str, value, lo: Optional[float] = None, hi: Optional[float] = None,
+                lo_open: bool = False, what: Optional[str] = None) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number (got {value!r})") from None
+    bad = not math.isfinite(v)
+    if lo is not None:
+        bad = bad or (v <= lo if lo_open else v < lo)
+    if hi is not None:
+        bad = bad or v > hi
+    if bad:
+        if what is None:
+            lo_s = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
+            hi_s = "" if hi is None else f"<= {hi}"
+            what = " and ".join(s for s in (lo_s, hi_s) if s) or "finite"
+        raise ValueError(f"{name} must be {what} (got {value!r})")
+    return v
+
+
+def check_latent(latent, name: str = "latent_image") -> torch.Tensor:
+    """A LATENT dict whose samples this pack can sample: a finite 4-D (or 5-D) tensor batch."""
+    if not isinstance(latent, dict) or "samples" not in latent:
+        raise ValueError(f"{name} must be a LATENT (a dict with 'samples'), got {type(latent).__name__}")
+    x = latent["samples"]
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}['samples'] must be a tensor, got {type(x).__name__}")
+    if getattr(x, "is_nested", False):
+        raise ValueError(f"{name} is a nested (multi-part, e.g. audio+video) latent, which this sampler cannot "
+                         "handle; use a single image or video latent")
+    if x.ndim not in (4, 5) or x.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 4-D image latent [B,C,H,W] or 5-D video latent "
+                         f"(got shape {tuple(x.shape)})")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    mask = latent.get("noise_mask")
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        raise ValueError(f"{name}['noise_mask'] must be a tensor, got {type(mask).__name__}")
+    return x
+
+
+def check_choice(name: str, value, options) -> str:
+    if value not in options:
+        shown = ", ".join(map(str, list(options)[:12])) + (", ..." if len(options) > 12 else "")
+        raise ValueError(f"{name} must be one of {shown} (got {value!r})")
+    return value
+
+
+# ------------------------------------------------------------------------------------------
+# schedules
+# ------------------------------------------------------------------------------------------
+def model_sampling_of(model):
+    return model.get_model_object("model_sampling")
+
+
+def is_rectified_flow(model_sampling) -> bool:
+    return isinstance(model_sampling, comfy.model_sampling.CONST)
+
+
+def sigmas_with_denoise(model, scheduler: str, steps: int, denoise: float,
+                        custom: Optional[Callable] = None) -> torch.Tensor:
+    """``steps`` sigmas as BasicScheduler computes them (denoise < 1 keeps the tail of a longer list)."""
+    total = steps if denoise >= 1.0 else int(steps / denoise)
+    ms = model_sampling_of(model)
+    sigmas = custom(ms, total) if custom is not None else comfy.samplers.calculate_sigmas(ms, scheduler, total)
+    return torch.as_tensor(sigmas).cpu()[-(steps + 1):]
+
+
+# ------------------------------------------------------------------------------------------
+# model proxy: interrupt within every model call, NFE counting
+# ------------------------------------------------------------------------------------------
+class ModelProxy:
+    """Wraps the k-diffusion ``model`` handed to a sampler function.
+
+    Calls ``throw_exception_if_processing_interrupted()`` before every model evaluation (so
+    ComfyUI's interrupt is honoured within one inner step on every version) and reports each
+    evaluation to ``on_call(nfe)``.  Attribute access is forwarded, so ComfyUI samplers that read
+    ``model.inner_model.model_patcher`` keep working.
+    """
+
+    def __init__(self, model, on_call: Optional[Callable[[int], None]] = None):
+        self._model = model
+        self._on_call = on_call
+        self.nfe = 0
+
+    def __call__(self, x, sigma, **kwargs):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        out = self._model(x, sigma, **kwargs)
+        self.nfe += 1
+        if self._on_call is not None:
+            self._on_call(self.nfe)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+# ------------------------------------------------------------------------------------------
+# previews
+# ------------------------------------------------------------------------------------------
+class Previewer:
+    """Latent previews through ComfyUI's own channel, honouring the user's preview method.
+
+    Built per run (v0.8 allows a per-prompt preview method); ``None`` previewer = previews off.
+    """
+
+    def __init__(self, model):
+        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+
+    def image(self, x0):
+        if self.previewer is None or x0 is None:
+            return None
+        return self.previewer.decode_latent_to_preview_image("JPEG", x0)
+
+
+# ------------------------------------------------------------------------------------------
+# running a guider (as SamplerCustomAdvanced does)
+# ------------------------------------------------------------------------------------------
+def prepare_latent_and_noise(model, latent: dict, seed: int, add_noise: bool = True):
+    x = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    if add_noise:
+        noise = comfy.sample.prepare_noise(x, seed, latent.get("batch_index"))
+    else:
+        noise = torch.zeros(x.size(), dtype=x.dtype, layout=x.layout, device="cpu")
+    return x, noise
+
+
+def run_guider(guider, model, latent: dict, sampler, sigmas, seed: int, callback=None, add_noise: bool = True):
+    """Sample with ``guider``/``sampler`` like SamplerCustomAdvanced; returns the output LATENT dict."""
+    x, noise = prepare_latent_and_noise(model, latent, seed, add_noise)
+    out = guider.sample(noise, x, sampler, sigmas, denoise_mask=latent.get("noise_mask"), callback=callback,
+                        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    out = out.to(comfy.model_management.intermediate_device())
+    result = latent.copy()
+    result["samples"] = out
+    result.pop("downscale_ratio_spacial", None)
+    return result
+
+
+def process_out(model, x0: torch.Tensor) -> torch.Tensor:
+    """Model-space latents (as callbacks see them) -> LATENT space, as SamplerCustomAdvanced does."""
+    return model.model.process_latent_out(x0.cpu())
+
+
+# ------------------------------------------------------------------------------------------
+# inner / any ComfyUI sampler by name
+# ------------------------------------------------------------------------------------------
+#: model evaluations per step of ComfyUI samplers that make more than one (for progress totals)
+EVALS_PER_STEP = {"heun": 2, "heunpp2": 3, "dpm_2": 2, "dpm_2_ancestral": 2, "dpmpp_2s_ancestral": 2,
+                  "dpmpp_2s_ancestral_cfg_pp": 2, "dpmpp_sde": 2, "dpmpp_sde_gpu": 2, "seeds_2": 2, "seeds_3": 3,
+                  "exp_heun_2_x0": 2, "exp_heun_2_x0_sde": 2, "sa_solver_pece": 2}
+
+
+def sampler_function_by_name(name: str, eta: Optional[float] = None, s_noise: Optional[float] = None):
+    """(function, options, discard_penultimate) of a ComfyUI sampler read from its own registry."""
+    obj = comfy.samplers.sampler_object(name)
+    fn = obj.sampler_function
+    opts = dict(getattr(obj, "extra_options", {}) or {})
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if eta is not None and "eta" in params:
+        opts["eta"] = eta
+    if s_noise is not None and "s_noise" in params:
+        opts["s_noise"] = s_noise
+    discard = name in getattr(comfy.samplers.KSampler, "DISCARD_PENULTIMATE_SIGMA_SAMPLERS", set())
+    return fn, opts, discard

@@ -1,0 +1,325 @@
+"""Nested Diffusion nodes: NestedSampler (SAMPLER), NestedKSampler (one node), NestedOfficialOuterScheduler."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..samplers import nested
+from . import glue
+
+CATEGORY = "sampling/nested"
+OFFICIAL_DPM = "official_dpm_2s_grid"
+
+
+def inner_sampler_names():
+    """ComfyUI's own sampler list, read when the schema is built, plus the official DPM inner."""
+    return list(comfy.samplers.SAMPLER_NAMES) + [OFFICIAL_DPM]
+
+
+def inner_scheduler_names():
+    return list(nested.INNER_SCHEDULES) + [s for s in comfy.samplers.SCHEDULER_NAMES
+                                           if s not in nested.INNER_SCHEDULES]
+
+
+def outer_scheduler_names():
+    return ["official_outer"] + list(comfy.samplers.SCHEDULER_NAMES)
+
+
+def _inner_schedule(name: str):
+    """A built-in inner schedule name, or a callable re-targeting any ComfyUI scheduler."""
+    if name in nested.INNER_SCHEDULES:
+        return name
+    handler = comfy.samplers.SCHEDULER_HANDLERS[name]
+
+    def schedule(ms, s_start, k):
+        if not handler.use_ms:     # (n, sigma_min, sigma_max) schedulers can start at s_start directly
+            return handler.handler(n=k, sigma_min=min(float(ms.sigma_min), s_start * 0.5), sigma_max=s_start)
+        return nested.retarget_sigmas(ms, comfy.samplers.calculate_sigmas(ms, name, k), s_start)
+
+    return schedule
+
+
+def _continuous_timesteps(ms) -> bool:
+    """True for schedules whose timesteps are not ~1000 discrete steps (e.g. Flux), where the
+    official integer-timestep inner grid degenerates; those use the ``normal`` grid instead."""
+    try:
+        return float(ms.timestep(torch.tensor(float(ms.sigma_max)))) < 100
+    except Exception:
+        return True
+
+
+def validate_sampler_options(inner_sampler, inner_steps, inner_scheduler, inner_eta, outer_eta,
+                             inner_end="zero"):
+    glue.check_choice("inner_sampler", inner_sampler, inner_sampler_names())
+    glue.check_int("inner_steps", inner_steps, 1, 10000)
+    glue.check_choice("inner_scheduler", inner_scheduler, inner_scheduler_names())
+    glue.check_float("inner_eta", inner_eta, 0.0, 100.0)
+    glue.check_float("outer_eta", outer_eta, 0.0, 100.0)
+    glue.check_choice("inner_end", inner_end, ["zero", "sigma_min"])
+
+
+def sample_nested_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
+                        inner_sampler="euler_ancestral", inner_steps=4, inner_scheduler="official",
+                        inner_eta=0.85, outer_eta=1.0, inner_end="zero", on_model_call=None, should_stop=None):
+    """The k-diffusion function behind the SAMPLER: resolves ComfyUI pieces, then runs sample_nested."""
+    ms = model.inner_model.model_patcher.get_model_object("model_sampling")
+    rf = glue.is_rectified_flow(ms)
+    if inner_sampler == OFFICIAL_DPM:
+        fn, opts, discard = nested.sample_dpm_2s_grid, {}, False
+    else:
+        fn, opts, discard = glue.sampler_function_by_name(inner_sampler, eta=inner_eta)
+    schedule = _inner_schedule(inner_scheduler)
+    if schedule in ("official", "official_dpm") and _continuous_timesteps(ms):
+        schedule = "normal"
+    proxy = glue.ModelProxy(model, on_model_call)
+    return nested.sample_nested(proxy, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                                model_sampling=ms, inner_sampler=fn, inner_options=opts, inner_steps=inner_steps,
+                                inner_scheduler=schedule, inner_eta=inner_eta, outer_eta=outer_eta,
+                                inner_end=inner_end, discard_penultimate=discard, rf=rf, should_stop=should_stop)
+
+
+def make_nested_sampler(**options):
+    return comfy.samplers.KSAMPLER(sample_nested_comfy, extra_options=options)
+
+
+class NestedGuider(comfy.samplers.CFGGuider):
+    """CFG guider that switches to a second prompt pair from a given outer step on.
+
+    The Nested sampler tags every model call of outer step i with
+    ``model_options["nested_outer_index"] = i``; keying the switch on the outer index (not on
+    sigma) means inner processes never see a mix of prompts, and outer steps before the switch
+    are computed exactly as without it.
+    """
+
+    switch_at = 0
+
+    def set_switch(self, positive_2, negative_2, switch_at: int):
+        """Add the second prompt pair (converted like the first) and the outer step it starts at."""
+        self.switch_at = switch_at
+        self.inner_set_conds({"positive_2": positive_2, "negative_2": negative_2})
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        i = model_options.get("nested_outer_index")
+        if self.switch_at and i is not None and i >= self.switch_at and "positive_2" in self.conds:
+            pos, neg = self.conds.get("positive_2"), self.conds.get("negative_2")
+        else:
+            pos, neg = self.conds.get("positive"), self.conds.get("negative")
+        return comfy.samplers.sampling_function(self.inner_model, x, timestep, neg, pos, self.cfg,
+                                                model_options=model_options, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------
+# inputs shared by the two sampler nodes
+# ------------------------------------------------------------------------------------------
+def _inner_inputs():
+    return [
+        io.Combo.Input("inner_sampler", options=inner_sampler_names(), default="euler_ancestral",
+                       tooltip="Solver of every inner diffusion (ComfyUI's own samplers). euler_ancestral with "
+                               "inner_eta 0.85 is the official 'DDIM eta 0.85' inner; official_dpm_2s_grid is the "
+                               "official DPM-Solver++ inner. Deterministic solvers drift over many outer steps "
+                               "unless outer_eta > 0."),
+        io.Int.Input("inner_steps", default=8, min=1, max=1000,
+                     tooltip="Steps of each inner diffusion (K). Every outer step costs about K model evaluations "
+                             "and yields a complete image."),
+        io.Combo.Input("inner_scheduler", options=inner_scheduler_names(), default="official",
+                       tooltip="Inner sigma schedule, always re-targeted so it starts exactly at the current outer "
+                               "sigma. 'official' = the paper's code (evenly spaced timesteps down to 0); any "
+                               "ComfyUI scheduler is rescaled to the current noise level."),
+        io.Float.Input("inner_eta", default=0.85, min=0.0, max=100.0, step=0.01,
+                       tooltip="Ancestral noise (eta) of the inner solver, when it has one. 0.85 = official."),
+        io.Float.Input("outer_eta", default=1.0, min=0.0, max=100.0, step=0.01,
+                       tooltip="Eta of the outer re-projection. 0 = the official deterministic DDIM step; 1 (default) "
+                               "re-noises with fresh noise, which removes the drift of long runs and gave the best "
+                               "final quality in our tests."),
+    ]
+
+
+class NestedSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="NestedSampler",
+            display_name="Nested Sampler (anytime)",
+            category=CATEGORY,
+            description="Nested Diffusion as a SAMPLER for SamplerCustom / SamplerCustomAdvanced. The SIGMAS "
+                        "are the outer steps; each outer step runs a short inner diffusion to a complete image, "
+                        "which is the step's preview (anytime generation). Works with any guider.",
+            inputs=_inner_inputs() + [
+                io.Combo.Input("inner_end", options=["zero", "sigma_min"], default="zero",
+                               tooltip="'zero' runs each inner diffusion to a clean image; 'sigma_min' stops at "
+                                       "the model's smallest sigma like the official code (bit-parity mode)."),
+            ],
+            outputs=[io.Sampler.Output(tooltip="The Nested sampler; connect to SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, inner_sampler, inner_steps, inner_scheduler, inner_eta, outer_eta, inner_end="zero"):
+        validate_sampler_options(inner_sampler, inner_steps, inner_scheduler, inner_eta, outer_eta, inner_end)
+        return io.NodeOutput(make_nested_sampler(inner_sampler=inner_sampler, inner_steps=inner_steps,
+                                                 inner_scheduler=inner_scheduler, inner_eta=inner_eta,
+                                                 outer_eta=outer_eta, inner_end=inner_end))
+
+
+class NestedOfficialOuterScheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="NestedOfficialOuterScheduler",
+            display_name="Nested Official Outer Scheduler",
+            category=CATEGORY,
+            description="The official Nested Diffusion outer grid: timesteps round(1 + 998 (N-k)/N), then 0.",
+            inputs=[io.Model.Input("model", tooltip="The model whose noise schedule is used."),
+                    io.Int.Input("steps", default=5, min=1, max=1000, tooltip="Number of outer steps N.")],
+            outputs=[io.Sigmas.Output(tooltip="N+1 outer sigmas ending in 0.")],
+        )
+
+    @classmethod
+    def execute(cls, model, steps):
+        glue.check_int("steps", steps, 1, 1000)
+        return io.NodeOutput(official_outer(glue.model_sampling_of(model), steps).float())
+
+
+def official_outer(ms, steps):
+    if _continuous_timesteps(ms):
+        ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+        return torch.tensor([float(ms.percent_to_sigma(1.0 - float(t))) if t < 1 else float(ms.sigma_max)
+                             for t in ts[:-1]] + [0.0], dtype=torch.float64)
+    return nested.official_outer_sigmas(ms, steps)
+
+
+class NestedKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="NestedKSampler",
+            display_name="Nested KSampler (anytime)",
+            category=CATEGORY,
+            description="Anytime generation with Nested Diffusion (Elata et al., WACV 2024). Every outer step runs "
+                        "a short inner diffusion and yields a complete image: it is previewed on the node and "
+                        "returned in 'intermediates'. Stop early (time budget or Cancel-free: the budget finishes "
+                        "the current outer step) and you still get a usable picture.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (LoRA and model patches apply as usual)."),
+                io.Conditioning.Input("positive", tooltip="Positive conditioning."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning (used when cfg > 1)."),
+                io.Latent.Input("latent_image", tooltip="Latent to sample: empty for text-to-image, an encoded "
+                                                        "image with denoise < 1 for img2img, with a noise mask "
+                                                        "for inpainting."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the initial noise; inner process i and the outer steps use their own "
+                                     "streams derived from it."),
+                io.Int.Input("outer_steps", default=5, min=1, max=1000,
+                             tooltip="Outer steps N: how many complete images (previews) you get."),
+                io.Int.Input("inner_steps", default=8, min=1, max=1000,
+                             tooltip="Steps of each inner diffusion K; total cost is about N x K model "
+                                     "evaluations."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1,
+                               tooltip="Classifier-free guidance scale, applied at every inner evaluation."),
+                io.Combo.Input("inner_sampler", options=inner_sampler_names(), default="euler_ancestral",
+                               tooltip="Solver of every inner diffusion (ComfyUI's own samplers)."),
+                io.Combo.Input("inner_scheduler", options=inner_scheduler_names(), default="official",
+                               tooltip="Inner sigma schedule, re-targeted to start exactly at the current outer "
+                                       "sigma."),
+                io.Combo.Input("outer_scheduler", options=outer_scheduler_names(), default="official_outer",
+                               tooltip="Schedule of the outer steps: the official grid or any ComfyUI scheduler."),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                               tooltip="Below 1: img2img / partial denoising, as in KSampler."),
+                io.Float.Input("inner_eta", default=0.85, min=0.0, max=100.0, step=0.01,
+                               tooltip="Ancestral noise of the inner solver (0.85 = official)."),
+                io.Float.Input("outer_eta", default=1.0, min=0.0, max=100.0, step=0.01,
+                               tooltip="Eta of the outer re-projection (0 = official deterministic step; 1 = "
+                                       "fresh noise, best final quality in our tests)."),
+                io.Float.Input("time_budget", default=0.0, min=0.0, max=86400.0, step=0.5,
+                               tooltip="Seconds (0 = off). When the budget runs out the node finishes the current "
+                                       "outer step and returns the latest image as a normal result."),
+                io.Int.Input("switch_at_outer_step", default=0, min=0, max=1000,
+                             tooltip="With positive_2 connected: the outer step from which the second prompt pair "
+                                     "takes over (1 .. outer_steps-1). 0 = no switch."),
+                io.Conditioning.Input("positive_2", optional=True,
+                                      tooltip="Optional second positive prompt (the paper's user intervention)."),
+                io.Conditioning.Input("negative_2", optional=True,
+                                      tooltip="Optional second negative prompt; defaults to 'negative'."),
+            ],
+            outputs=[
+                io.Latent.Output("LATENT", display_name="latent", tooltip="The final image latent."),
+                io.Latent.Output("INTERMEDIATES", display_name="intermediates",
+                                 tooltip="The x0 estimate after every outer step, in order (batch = steps done x "
+                                         "batch size)."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def check_inputs(cls, latent_image, seed, outer_steps, inner_steps, cfg, inner_sampler, inner_scheduler,
+                 outer_scheduler, denoise, inner_eta, outer_eta, time_budget, switch_at_outer_step,
+                 positive_2=None, negative_2=None):
+        glue.check_latent(latent_image)
+        glue.check_int("seed", seed, 0, 0xFFFFFFFFFFFFFFFF)
+        glue.check_int("outer_steps", outer_steps, 1, 1000)
+        glue.check_float("cfg", cfg, 0.0, 100.0)
+        glue.check_choice("outer_scheduler", outer_scheduler, outer_scheduler_names())
+        glue.check_float("denoise", denoise, 0.0, 1.0, lo_open=True, what="in (0, 1]")
+        glue.check_float("time_budget", time_budget, 0.0, what=">= 0 seconds (0 = off)")
+        validate_sampler_options(inner_sampler, inner_steps, inner_scheduler, inner_eta, outer_eta)
+        glue.check_int("switch_at_outer_step", switch_at_outer_step, 0)
+        if positive_2 is None and negative_2 is not None:
+            raise ValueError("negative_2 is connected but positive_2 is not; connect positive_2 too")
+        if positive_2 is not None:
+            if not 1 <= switch_at_outer_step <= outer_steps - 1:
+                raise ValueError(f"switch_at_outer_step must be between 1 and outer_steps-1 = {outer_steps - 1} "
+                                 f"when positive_2 is connected (got {switch_at_outer_step})")
+        elif switch_at_outer_step != 0:
+            raise ValueError(f"switch_at_outer_step is {switch_at_outer_step} but positive_2 is not connected; "
+                             "connect a second prompt or set it to 0")
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent_image, seed, outer_steps, inner_steps, cfg, inner_sampler,
+                inner_scheduler, outer_scheduler, denoise, inner_eta, outer_eta, time_budget,
+                switch_at_outer_step, positive_2=None, negative_2=None):
+        t_start = time.monotonic()
+        cls.check_inputs(latent_image, seed, outer_steps, inner_steps, cfg, inner_sampler, inner_scheduler,
+                     outer_scheduler, denoise, inner_eta, outer_eta, time_budget, switch_at_outer_step,
+                     positive_2, negative_2)
+        custom = (lambda ms, n: official_outer(ms, n)) if outer_scheduler == "official_outer" else None
+        sigmas = glue.sigmas_with_denoise(model, outer_scheduler, outer_steps, denoise, custom=custom)
+
+        guider = NestedGuider(model)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        if positive_2 is not None:
+            guider.set_switch(positive_2, negative_2 if negative_2 is not None else negative, switch_at_outer_step)
+
+        evals = glue.EVALS_PER_STEP.get(inner_sampler, 1)
+        total = max(1, outer_steps * inner_steps * evals)
+        node_id = None if cls.hidden is None else cls.hidden.unique_id
+        pbar = comfy.utils.ProgressBar(total, node_id=node_id) if node_id is not None else comfy.utils.ProgressBar(total)
+        previewer = glue.Previewer(model)
+        state = {"nfe": 0, "total": total}
+        intermediates = []
+
+        def on_model_call(nfe):
+            state["nfe"] = nfe
+            state["total"] = max(state["total"], nfe)
+            pbar.update_absolute(nfe, state["total"])
+
+        def callback(step, x0, x, total_steps):
+            intermediates.append(x0.detach().to(torch.float32).cpu())
+            pbar.update_absolute(state["nfe"], state["total"], previewer.image(x0))
+
+        should_stop = None
+        if time_budget > 0:
+            should_stop = lambda i: time.monotonic() - t_start >= time_budget
+
+        sampler = comfy.samplers.KSAMPLER(sample_nested_comfy, extra_options=dict(
+            inner_sampler=inner_sampler, inner_steps=inner_steps, inner_scheduler=inner_scheduler,
+            inner_eta=inner_eta, outer_eta=outer_eta, on_model_call=on_model_call, should_stop=should_stop))
+        out = glue.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=callback)
+        inter = {"samples": glue.process_out(model, torch.cat(intermediates, dim=0))}
+        return io.NodeOutput(out, inter)
+
+
+NODES = [NestedKSampler, NestedSampler, NestedOfficialOuterScheduler]

@@ -1,0 +1,89 @@
+"""Test-only mock models: a real ModelPatcher around a real BaseModel with a tiny net (comfy-host.md §9.3).
+
+Three kinds: ``sd15`` (EPS, SD1.5 latent format, 768-d context), ``sdxl`` (comfy.model_base.SDXL
+with ``y`` ADM conditioning, 2048-d context), ``flow`` (rectified flow / CONST, SD3 latent format,
+16 channels, shift 3).  The net is deterministic and records every call for assertions.
+"""
+import torch
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_patcher
+import comfy.supported_models_base
+from comfy.model_base import ModelType
+
+CONTEXT_DIM = {"sd15": 768, "sdxl": 2048, "flow": 4096}
+CHANNELS = {"sd15": 4, "sdxl": 4, "flow": 16}
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self, channels=4, dtype=torch.float32):
+        super().__init__()
+        self.dtype = dtype
+        g = torch.Generator().manual_seed(1234)
+        self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.05)
+            self.conv.bias.zero_()
+        self.to(dtype)
+        self.calls = []
+
+    def forward(self, x, timesteps, context=None, control=None, transformer_options={}, y=None, **kw):
+        self.calls.append({
+            "shape": tuple(x.shape),
+            "t": timesteps.detach().float().cpu().clone(),
+            "cond_or_uncond": list(transformer_options.get("cond_or_uncond", [])),
+            "y": None if y is None else y.detach().float().cpu().clone(),
+            "context_mean": None if context is None else context.detach().float().mean(dim=(1, 2)).cpu(),
+            "control": control is not None,
+        })
+        out = self.conv(x) * 0.5
+        if context is not None:
+            out = out + context.mean(dim=(1, 2)).view(-1, 1, 1, 1).to(out.dtype) * 0.2
+        if y is not None:
+            out = out + y.float().mean(dim=1).view(-1, 1, 1, 1).to(out.dtype) * 0.05
+        if control is not None and control.get("output"):
+            for c in control["output"]:
+                if c is not None:
+                    out = out + c.to(out.dtype)
+        return out
+
+
+def _config(kind):
+    latent = {"sd15": comfy.latent_formats.SD15, "sdxl": comfy.latent_formats.SDXL,
+              "flow": comfy.latent_formats.SD3}[kind]
+    settings = {"shift": 3.0, "multiplier": 1000} if kind == "flow" else {}
+
+    class TinyConfig(comfy.supported_models_base.BASE):
+        unet_config = {"disable_unet_model_creation": True}
+        latent_format = latent
+        sampling_settings = settings
+
+    return TinyConfig({"disable_unet_model_creation": True})
+
+
+def make_model(kind="sd15", dtype=torch.float32):
+    """A ModelPatcher on CPU wrapping a BaseModel of the given kind."""
+    cpu = torch.device("cpu")
+    cfg = _config(kind)
+    if kind == "sdxl":
+        model = comfy.model_base.SDXL(cfg, model_type=ModelType.EPS, device=cpu)
+    elif kind == "flow":
+        model = comfy.model_base.BaseModel(cfg, model_type=ModelType.FLOW, device=cpu)
+    else:
+        model = comfy.model_base.BaseModel(cfg, model_type=ModelType.EPS, device=cpu)
+    model.diffusion_model = TinyNet(CHANNELS[kind], dtype)
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def make_cond(kind="sd15", value=0.5, batch=1, **extra):
+    """CONDITIONING for the mock: ``[[context, {...}]]``; SDXL gets a pooled output."""
+    ctx = torch.full((batch, 77, CONTEXT_DIM[kind]), float(value))
+    d = dict(extra)
+    if kind == "sdxl":
+        d.setdefault("pooled_output", torch.full((batch, 1280), float(value)))
+    return [[ctx, d]]
+
+
+def net(model_patcher):
+    return model_patcher.model.diffusion_model

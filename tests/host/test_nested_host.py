@@ -1,0 +1,177 @@
+"""Host tests: the Nested nodes inside a real ComfyUI with mock models."""
+import pytest
+import torch
+
+from conftest import require_host
+
+require_host()
+
+from mock_models import make_cond, make_model, net
+
+
+def latent(b=1, c=4, h=8, w=8, value=0.0):
+    return {"samples": torch.full((b, c, h, w), float(value))}
+
+
+def run_ks(host, model=None, kind="sd15", lat=None, **kw):
+    node = host.node("NestedKSampler")
+    model = model or make_model(kind)
+    args = dict(model=model, positive=make_cond(kind, 0.7), negative=make_cond(kind, -0.3),
+                latent_image=lat or latent(c=16 if kind == "flow" else 4), seed=1, outer_steps=3, inner_steps=2,
+                cfg=5.0, inner_sampler="euler_ancestral", inner_scheduler="official", outer_scheduler="official_outer",
+                denoise=1.0, inner_eta=0.85, outer_eta=1.0, time_budget=0.0, switch_at_outer_step=0)
+    args.update(kw)
+    out = node.execute(**args)
+    return out[0], out[1], model
+
+
+@pytest.fixture
+def progress(host):
+    import comfy.utils
+    events = []
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(
+        lambda value, total, preview, prompt_id=None, node_id=None: events.append((value, total, preview)))
+    yield events
+    comfy.utils.set_progress_bar_global_hook(old)
+
+
+def test_node_execute_outputs_intermediates_previews_and_nfe(host, progress):
+    out, inter, model = run_ks(host)
+    assert out["samples"].shape == (1, 4, 8, 8)
+    assert inter["samples"].shape == (3, 4, 8, 8)
+    assert torch.equal(out["samples"], inter["samples"][-1:])           # final == last estimate
+    calls = net(model).calls
+    assert len(calls) == 3 * 2                                           # N x K model evaluations
+    assert all(sorted(c["cond_or_uncond"]) == [0, 1] and c["shape"][0] == 2 for c in calls)  # CFG: one batch of 2
+    previews = [e for e in progress if e[2] is not None]
+    assert len(previews) == 3                                            # exactly one preview per outer step
+    assert progress[-1][0] == 6 and progress[-1][1] == 6                 # the bar counts model evaluations
+
+
+def test_cfg_one_makes_no_uncond_call(host):
+    _, _, model = run_ks(host, cfg=1.0)
+    assert all(c["cond_or_uncond"] == [0] for c in net(model).calls)
+
+
+def test_determinism_and_seed(host):
+    a, ia, _ = run_ks(host, seed=5)
+    b, ib, _ = run_ks(host, seed=5)
+    c, _, _ = run_ks(host, seed=6)
+    assert torch.equal(a["samples"], b["samples"]) and torch.equal(ia["samples"], ib["samples"])
+    assert not torch.equal(a["samples"], c["samples"])
+
+
+def test_time_budget_returns_latest_estimate(host):
+    out, inter, model = run_ks(host, outer_steps=6, time_budget=1e-9)
+    assert inter["samples"].shape[0] == 1
+    assert torch.equal(out["samples"], inter["samples"][-1:])
+    assert len(net(model).calls) == 2
+
+
+def test_interrupt_is_honoured_within_one_inner_step(host, progress):
+    import comfy.model_management as mm
+    import comfy.utils
+
+    def hook(value, total, preview, prompt_id=None, node_id=None):
+        if value == 3:
+            mm.interrupt_current_processing(True)
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    model = make_model()
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run_ks(host, model=model, outer_steps=4, inner_steps=4)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert len(net(model).calls) == 3                 # stopped before the 4th evaluation
+
+
+def test_prompt_switch_keeps_earlier_steps_bit_identical(host):
+    base_out, base_inter, _ = run_ks(host, outer_steps=4)
+    out, inter, _ = run_ks(host, outer_steps=4, positive_2=make_cond("sd15", -0.9), switch_at_outer_step=2)
+    assert torch.equal(inter["samples"][:2], base_inter["samples"][:2])
+    assert not torch.equal(inter["samples"][2:], base_inter["samples"][2:])
+
+
+def test_batch_img2img_and_inpainting_mask(host):
+    src = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    out, inter, _ = run_ks(host, lat={"samples": src.clone()}, denoise=0.5)
+    assert out["samples"].shape == (2, 4, 8, 8) and inter["samples"].shape == (6, 4, 8, 8)
+    assert torch.isfinite(out["samples"]).all()
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 4:] = 1.0
+    out, _, _ = run_ks(host, lat={"samples": src.clone(), "noise_mask": mask})
+    keep = out["samples"][..., :4]
+    assert torch.allclose(keep, src[..., :4], atol=1e-5)                 # unmasked area is untouched
+    assert not torch.allclose(out["samples"][..., 4:], src[..., 4:])
+
+
+def test_sdxl_and_flow_models(host):
+    out, inter, model = run_ks(host, kind="sdxl")
+    assert all(c["y"] is not None and c["y"].shape[1] == 2816 for c in net(model).calls)
+    assert torch.isfinite(out["samples"]).all()
+    out, inter, model = run_ks(host, kind="flow", outer_scheduler="simple", inner_scheduler="normal")
+    assert out["samples"].shape == (1, 16, 8, 8) and torch.isfinite(out["samples"]).all()
+    # flow: the official schedules are available as well
+    out, _, _ = run_ks(host, kind="flow")
+    assert torch.isfinite(out["samples"]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_model(host, dtype):
+    out, inter, model = run_ks(host, model=make_model("sd15", dtype=dtype), outer_steps=4, inner_steps=3)
+    assert out["samples"].dtype == torch.float32 and torch.isfinite(out["samples"]).all()
+
+
+def test_lora_style_weight_patch_is_applied(host):
+    base, _, _ = run_ks(host)
+    model = make_model()
+    w = net(model).conv.weight
+    model.add_patches({"diffusion_model.conv.weight": (torch.ones_like(w) * 0.05,)}, 1.0)
+    patched, _, _ = run_ks(host, model=model)
+    assert not torch.allclose(base["samples"], patched["samples"])
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"outer_steps": 0}, "outer_steps must be an integer between 1 and 1000"),
+    ({"inner_steps": 0}, "inner_steps must be an integer between 1 and 10000"),
+    ({"denoise": 0.0}, r"denoise must be in \(0, 1\]"),
+    ({"denoise": 1.5}, r"denoise must be in \(0, 1\]"),
+    ({"time_budget": -1.0}, "time_budget must be >= 0 seconds"),
+    ({"switch_at_outer_step": 2}, "positive_2 is not connected"),
+    ({"positive_2": [[torch.zeros(1, 77, 768), {}]], "switch_at_outer_step": 3},
+     "switch_at_outer_step must be between 1 and outer_steps-1 = 2"),
+    ({"lat": {"samples": torch.full((1, 4, 8, 8), float("nan"))}}, "latent_image contains NaN"),
+    ({"lat": {"samples": torch.zeros(4, 8, 8)}}, "latent_image must be a non-empty 4-D"),
+    ({"inner_sampler": "nope"}, "inner_sampler must be one of"),
+])
+def test_bad_input_is_rejected_before_model_work(host, kw, msg):
+    model = make_model()
+    with pytest.raises(ValueError, match=msg):
+        run_ks(host, model=model, **kw)
+    assert net(model).calls == []
+
+
+def test_nested_sampler_under_sampler_custom_advanced(host):
+    prompt = {
+        "1": {"class_type": "NSETestMockCheckpoint", "inputs": {"ckpt_name": "x", "kind": "sd15"}},
+        "2": {"class_type": "NSETestMockTextEncode", "inputs": {"text": "a nest", "clip": ["1", 1]}},
+        "3": {"class_type": "NSETestMockTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                    "cfg": 4.0}},
+        "5": {"class_type": "NestedSampler", "inputs": {"inner_sampler": "dpmpp_2m", "inner_steps": 3,
+                                                        "inner_scheduler": "karras", "inner_eta": 0.85,
+                                                        "outer_eta": 1.0, "inner_end": "zero"}},
+        "6": {"class_type": "NestedOfficialOuterScheduler", "inputs": {"model": ["1", 0], "steps": 3}},
+        "7": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
+        "8": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "9": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["7", 0], "guider": ["4", 0],
+                                                                "sampler": ["5", 0], "sigmas": ["6", 0],
+                                                                "latent_image": ["8", 0]}},
+        "10": {"class_type": "NSETestMockVAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
+        "11": {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}},
+    }
+    ex, server = host.run_prompt(prompt)
+    assert ex.success, server.messages[-3:]
+    assert "11" in ex.history_result["outputs"]
