@@ -48,6 +48,11 @@ class Host:
         args.cpu = True
         args.preview_method = LatentPreviewMethod.Latent2RGB
         import comfy.model_management  # noqa: F401  (reads args.cpu at import)
+        try:  # as main.py does: bind ComfyUI's `utils` package before nodes.py puts comfy/ on sys.path
+            import utils.extra_config  # noqa: F401
+            import utils.install_util  # noqa: F401
+        except ImportError:
+            pass
         import nodes
         self.nodes = nodes
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))

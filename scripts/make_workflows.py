@@ -1,0 +1,127 @@
+"""Regenerate the shipped example workflows (UI format + API twins) from one description each.
+
+Run with a ComfyUI environment (the node schemas are read from the real nodes, so widget order
+and socket types always match):  COMFYUI_PATH=~/ComfyUI <comfy-python> scripts/make_workflows.py
+"""
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "host"))
+
+import comfy_host  # noqa: E402
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+L = lambda node, slot: ("link", node, slot)  # noqa: E731
+
+
+def nested_graph(kind):
+    sd15 = kind == "sd15"
+    return {
+        1: ("CheckpointLoaderSimple", {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors" if sd15
+                                       else "sd_xl_base_1.0.safetensors"}),
+        2: ("CLIPTextEncode", {"text": "a photograph of a nest with a blue egg inside", "clip": L(1, 1)}),
+        3: ("CLIPTextEncode", {"text": "blurry, low quality, watermark", "clip": L(1, 1)}),
+        4: ("EmptyLatentImage", {"width": 512 if sd15 else 1024, "height": 512 if sd15 else 1024, "batch_size": 1}),
+        5: ("NestedKSampler", {"model": L(1, 0), "positive": L(2, 0), "negative": L(3, 0), "latent_image": L(4, 0),
+                               "seed": 24, "outer_steps": 5, "inner_steps": 8, "cfg": 7.5 if sd15 else 7.0,
+                               "inner_sampler": "euler_ancestral", "inner_scheduler": "official",
+                               "outer_scheduler": "official_outer", "denoise": 1.0, "inner_eta": 0.85,
+                               "outer_eta": 1.0, "time_budget": 0.0, "switch_at_outer_step": 0}),
+        6: ("VAEDecode", {"samples": L(5, 0), "vae": L(1, 2)}),
+        7: ("SaveImage", {"images": L(6, 0), "filename_prefix": f"nested_{kind}"}),
+        8: ("VAEDecode", {"samples": L(5, 1), "vae": L(1, 2)}),
+        9: ("PreviewImage", {"images": L(8, 0)}),
+    }
+
+
+GRAPHS = {
+    "nested_sd15": lambda: nested_graph("sd15"),
+    "nested_sdxl": lambda: nested_graph("sdxl"),
+}
+
+
+def input_specs(cls):
+    """[(name, type, options, optional)] in the order the frontend lays them out."""
+    info = cls.INPUT_TYPES()
+    out = []
+    for section, optional in (("required", False), ("optional", True)):
+        for name, spec in (info.get(section) or {}).items():
+            typ = spec[0]
+            opts = spec[1] if len(spec) > 1 else {}
+            if isinstance(typ, list):
+                opts = dict(opts, options=typ)
+                typ = "COMBO"
+            out.append((name, typ, opts or {}, optional))
+    return out
+
+
+def is_widget(typ, opts):
+    return typ in WIDGET_TYPES and not opts.get("forceInput")
+
+
+def build(name, graph, host):
+    nodes, links, api = [], [], {}
+    link_id = 0
+    out_links = {}            # (node, slot) -> [link ids]
+    order = sorted(graph)
+    for n, nid in enumerate(order):
+        ct, values = graph[nid]
+        cls = host.node(ct)
+        inputs, widgets, api_inputs = [], [], {}
+        for iname, typ, opts, optional in input_specs(cls):
+            v = values.get(iname)
+            if is_widget(typ, opts):
+                if v is None:
+                    v = opts.get("default", (opts.get("options") or [None])[0])
+                widgets.append(v)
+                if opts.get("control_after_generate"):
+                    widgets.append("fixed")
+                api_inputs[iname] = v
+            else:
+                entry = {"name": iname, "type": typ, "link": None}
+                if isinstance(v, tuple):
+                    link_id += 1
+                    src, slot = v[1], v[2]
+                    src_type = host.node(graph[src][0]).RETURN_TYPES[slot]
+                    links.append([link_id, src, slot, nid, len(inputs), src_type])
+                    out_links.setdefault((src, slot), []).append(link_id)
+                    entry["link"] = link_id
+                    api_inputs[iname] = [str(src), slot]
+                inputs.append(entry)
+        names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+        outputs = [{"name": names[i], "type": t, "links": [], "slot_index": i} for i, t in enumerate(cls.RETURN_TYPES)]
+        nodes.append({"id": nid, "type": ct, "pos": [40 + 360 * (n // 3), 60 + 260 * (n % 3)], "size": [320, 220],
+                      "flags": {}, "order": n, "mode": 0, "inputs": inputs, "outputs": outputs,
+                      "properties": {"Node name for S&R": ct}, "widgets_values": widgets})
+        api[str(nid)] = {"class_type": ct, "inputs": api_inputs, "_meta": {"title": ct}}
+    for node in nodes:
+        for o in node["outputs"]:
+            o["links"] = out_links.get((node["id"], o["slot_index"]), [])
+    ui = {"id": f"nse-{name}", "revision": 0, "last_node_id": max(order), "last_link_id": link_id, "nodes": nodes,
+          "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+          "version": 0.4}
+    return ui, api
+
+
+def main():
+    path, reason = comfy_host.find_comfy()
+    if path is None:
+        sys.exit(reason)
+    host = comfy_host.Host(path)
+    os.makedirs(os.path.join(ROOT, "workflows", "api"), exist_ok=True)
+    for name, make in GRAPHS.items():
+        ui, api = build(name, make(), host)
+        with open(os.path.join(ROOT, "workflows", f"{name}.json"), "w") as f:
+            json.dump(ui, f, indent=2)
+            f.write("\n")
+        with open(os.path.join(ROOT, "workflows", "api", f"{name}.json"), "w") as f:
+            json.dump(api, f, indent=2)
+            f.write("\n")
+        print("wrote", name)
+
+
+if __name__ == "__main__":
+    main()
