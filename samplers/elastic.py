@@ -72,7 +72,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -80,12 +80,12 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "RowMeta", "ElasticConfig", "ElasticGeometry", "ElasticPlan", "StepRandom", "StepResult",
+    "RowMeta", "ElasticConfig", "ElasticGeometry", "ElasticPlan", "StepRandom", "StepResult", "RefInfo", "View",
     "MODES", "PRESETS", "ROLES", "PHASES",
     "validate_elastic", "latent_size_from_pixels", "build_plan", "elastic_preset", "auto_preset",
     "base_resolution", "ddim_uniform_sigmas", "reference_size", "rrg_weight", "rrg_active_steps",
     "official_background_colours", "palette_from_rgb_factors",
-    "reference_pass", "local_pass", "elastic_denoise", "elastic_step", "sample_elastic",
+    "make_views", "reference_pass", "local_pass", "elastic_denoise", "elastic_step", "sample_elastic",
 ]
 
 MODES = ("clean", "faithful")
@@ -893,8 +893,6 @@ def _sigma_rows(x: torch.Tensor, n: int, sigma: float) -> torch.Tensor:
 
 
 def _call(denoiser, x: torch.Tensor, sigma: float, which: List[str], meta: List[RowMeta], calls) -> torch.Tensor:
-    base = meta[0].base
-    assert x.shape[-2:] == (base, base)
     out = denoiser(x, _sigma_rows(x, x.shape[0], sigma), which, meta)
     if calls is not None:
         calls.append((meta[0].role, meta[0].phase, x.shape[0]))

@@ -1,0 +1,123 @@
+"""Server test: the shipped API workflows POSTed to a real ``main.py --cpu`` on a loopback port.
+
+Results come back through ``/history``; progress and preview messages are read on the websocket.
+The server loads this pack and the test-only pack through ``--extra-model-paths-config``.
+"""
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+
+from conftest import require_host
+
+host_ = require_host()
+
+import comfy_host  # noqa: E402
+
+aiohttp = pytest.importorskip("aiohttp", reason="aiohttp (shipped with ComfyUI) is needed for the server test")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(host):
+    tmp = tempfile.mkdtemp(prefix="nse_server_")
+    custom = comfy_host.custom_nodes_dir()
+    yaml_path = os.path.join(tmp, "extra_model_paths.yaml")
+    with open(yaml_path, "w") as f:
+        f.write(f"nse_test:\n    base_path: {tmp}\n    custom_nodes: {custom}\n")
+    for d in ("out", "in", "user"):
+        os.makedirs(os.path.join(tmp, d))
+    port = free_port()
+    log = open(os.path.join(tmp, "server.log"), "w")
+    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--extra-model-paths-config", yaml_path, "--preview-method", "latent2rgb",
+           "--output-directory", os.path.join(tmp, "out"), "--input-directory", os.path.join(tmp, "in"),
+           "--temp-directory", tmp, "--user-directory", os.path.join(tmp, "user"),
+           "--database-url", f"sqlite:///{os.path.join(tmp, 'db.sqlite')}", "--disable-auto-launch"]
+    proc = subprocess.Popen(cmd, cwd=host.path, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    async def wait_up():
+        async with aiohttp.ClientSession() as s:
+            for _ in range(240):
+                if proc.poll() is not None:
+                    return False
+                try:
+                    async with s.get(f"{base}/object_info/NestedKSampler") as r:
+                        if r.status == 200 and "NestedKSampler" in await r.json():
+                            return True
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.5)
+        return False
+
+    try:
+        if not asyncio.run(wait_up()):
+            log.flush()
+            pytest.fail("ComfyUI server did not come up:\n" + open(log.name).read()[-3000:])
+        yield base, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+async def queue_and_watch(base, prompt, timeout=240):
+    client_id = str(uuid.uuid4())
+    msgs, binary = [], []
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(f"{base.replace('http', 'ws')}/ws?clientId={client_id}") as ws:
+            async with s.post(f"{base}/prompt", json={"prompt": prompt, "client_id": client_id}) as r:
+                body = await r.json()
+                assert r.status == 200, body
+                pid = body["prompt_id"]
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                m = await ws.receive(timeout=deadline - time.monotonic())
+                if m.type == aiohttp.WSMsgType.BINARY:
+                    binary.append(int.from_bytes(m.data[:4], "big"))
+                elif m.type == aiohttp.WSMsgType.TEXT:
+                    d = json.loads(m.data)
+                    msgs.append(d)
+                    data = d.get("data", {})
+                    if d["type"] in ("execution_error", "execution_interrupted") and data.get("prompt_id") == pid:
+                        break
+                    if d["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == pid:
+                        break
+                else:
+                    break
+        async with s.get(f"{base}/history/{pid}") as r:
+            history = await r.json()
+    return pid, msgs, binary, history
+
+
+@pytest.mark.server
+def test_nested_api_workflow_through_the_server_queue(server):
+    base, _ = server
+    path = os.path.join(comfy_host.ROOT, "workflows", "api", "nested_sd15.json")
+    prompt = comfy_host.mock_api_workflow(json.load(open(path)), "sd15")
+    prompt["5"]["inputs"].update(outer_steps=3, inner_steps=4)
+    pid, msgs, binary, history = asyncio.run(queue_and_watch(base, prompt))
+    errors = [m for m in msgs if m["type"] == "execution_error"]
+    assert not errors, errors
+    assert pid in history and history[pid]["status"]["status_str"] == "success"
+    outputs = history[pid]["outputs"]
+    assert outputs["7"]["images"] and outputs["9"]["images"]
+    progress = [m["data"] for m in msgs if m["type"] == "progress" and m["data"].get("node") == "5"]
+    assert progress and progress[-1]["max"] == 12 and progress[-1]["value"] == 12   # model evaluations
+    assert len([t for t in binary if t in (1, 4)]) >= 3                              # one preview per outer step
