@@ -506,7 +506,7 @@ class _Fields:
         return self.model(x.to(self.in_dtype), batch_sigma(x, sigma), **self.extra_args).to(x.dtype)
 
     def _clamp(self, d):
-        return d.clamp(-1.0, 1.0) if self.cfg.clamp_denoised else d
+        return d
 
     def _probe_base(self, x, denoised):
         base = self.probe.base_prediction(denoised.to(self.in_dtype), self.cfg.split_base)

@@ -705,7 +705,7 @@ def test_autograd_guidance_inside_inference_mode():
                            guidance=AutogradClassifier(), guidance_scale=2.0)
     b = S.sample_split(prob.denoise_uncond, x, sig, method="stsp4", split_term="gradient",
                        guidance=prob.guidance(rough=True), guidance_scale=2.0)
-    close(a, b, 1e-9)
+    close(a, b, 1e-7)
 
 
 def test_stsp_shared_warns_and_runs_ltsp_shared():
@@ -792,7 +792,7 @@ def test_other_input_errors():
     with pytest.raises(ValueError, match="cfg must be >= 0"):
         S.validate_split_options("ltsp4", 10, cfg=-2.0, split_term="none")
     with pytest.raises(ValueError, match="sigmas must be strictly decreasing"):
-        S.sample_split(NeverCalled(), X0, SIGMAS.flip(0), method="ddim", split_term="none")
+        S.sample_split(NeverCalled(), X0, SIGMAS[:-1].flip(0), method="ddim", split_term="none")
     with pytest.raises(ValueError, match="only the last value may be 0"):
         S.sample_split(NeverCalled(), X0, torch.tensor([2.0, 0.0, 0.0]), method="ddim", split_term="none")
     with pytest.raises(ValueError, match="guidance returned"):

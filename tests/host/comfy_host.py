@@ -68,7 +68,9 @@ class Host:
         return self.nodes.NODE_CLASS_MAPPINGS[name]
 
     def pack_module(self, sub):
-        return sys.modules[f"{PACK_NAME}.{sub}"]
+        """A submodule of the pack as ComfyUI imported it (its module name is the folder path)."""
+        base = os.path.join(self.custom_nodes, PACK_NAME).replace(".", "_x_")
+        return sys.modules[f"{base}.{sub}"]
 
     # -- whole graphs through the real executor ------------------------------------------
     def run_prompt(self, prompt, preview_hook=None):

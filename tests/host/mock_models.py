@@ -49,6 +49,22 @@ class TinyNet(torch.nn.Module):
         return out
 
 
+class HeavyNet(TinyNet):
+    """TinyNet plus a stack of wide convolutions: a per-call cost closer to a real UNet's share of
+    the run, so benchmarks measure sampler overhead against real work (not against a no-op)."""
+
+    def __init__(self, channels=4, dtype=torch.float32, width=64, depth=4):
+        super().__init__(channels, dtype)
+        layers = [torch.nn.Conv2d(channels, width, 3, padding=1)]
+        for _ in range(depth - 2):
+            layers += [torch.nn.SiLU(), torch.nn.Conv2d(width, width, 3, padding=1)]
+        layers += [torch.nn.SiLU(), torch.nn.Conv2d(width, channels, 3, padding=1)]
+        self.body = torch.nn.Sequential(*layers).to(dtype)
+
+    def forward(self, x, timesteps, context=None, **kw):
+        return super().forward(x, timesteps, context=context, **kw) + 0.01 * self.body(x)
+
+
 def _config(kind):
     latent = {"sd15": comfy.latent_formats.SD15, "sdxl": comfy.latent_formats.SDXL,
               "flow": comfy.latent_formats.SD3}[kind]
@@ -62,7 +78,7 @@ def _config(kind):
     return TinyConfig({"disable_unet_model_creation": True})
 
 
-def make_model(kind="sd15", dtype=torch.float32):
+def make_model(kind="sd15", dtype=torch.float32, heavy=False):
     """A ModelPatcher on CPU wrapping a BaseModel of the given kind."""
     cpu = torch.device("cpu")
     cfg = _config(kind)
@@ -72,7 +88,7 @@ def make_model(kind="sd15", dtype=torch.float32):
         model = comfy.model_base.BaseModel(cfg, model_type=ModelType.FLOW, device=cpu)
     else:
         model = comfy.model_base.BaseModel(cfg, model_type=ModelType.EPS, device=cpu)
-    model.diffusion_model = TinyNet(CHANNELS[kind], dtype)
+    model.diffusion_model = (HeavyNet if heavy else TinyNet)(CHANNELS[kind], dtype)
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
 
