@@ -798,7 +798,7 @@ class StepRandom:
         geo, cfg = self.plan.geometry, self.plan.config
         cur = torch.zeros(geo.h, geo.w, dtype=torch.long)
         out = [cur]
-        if rounds <= 1 or geo.K == 1:
+        if rounds <= 1 or geo.trivial:
             return cur.expand(max(rounds, 1), -1, -1).contiguous().to(self.plan.device)
         gen = _generator("subpixel", self.seed + sample, self.step)
         valid = geo.valid.cpu()
@@ -915,7 +915,7 @@ def reference_pass(denoiser, x: torch.Tensor, sigma: float, plan: ElasticPlan, r
     B, C, H, W = x.shape
     h, w = geo.h, geo.w
     picks = torch.stack([rnd.picks(b, rounds) for b in range(B)], 1)       # [R1, B, h, w]
-    n_eval = 1 if geo.K == 1 else rounds                                   # all cells 1 px: rounds identical
+    n_eval = 1 if geo.trivial else rounds                                  # reference == x: rounds identical
     src = geo.sources(picks[:n_eval])                                      # [n_eval, B, h*w]
     xf = x.reshape(1, B, C, H * W).expand(n_eval, -1, -1, -1)
     x_ref = xf.gather(3, src.unsqueeze(2).expand(-1, -1, C, -1)).reshape(n_eval * B, C, h, w)

@@ -506,7 +506,7 @@ class _Fields:
         return self.model(x.to(self.in_dtype), batch_sigma(x, sigma), **self.extra_args).to(x.dtype)
 
     def _clamp(self, d):
-        return d
+        return d.clamp(-1.0, 1.0) if self.cfg.clamp_denoised else d
 
     def _probe_base(self, x, denoised):
         base = self.probe.base_prediction(denoised.to(self.in_dtype), self.cfg.split_base)
@@ -678,7 +678,7 @@ def sample_split(model, x, sigmas, extra_args=None, callback=None, disable=None,
     cfg = validate_split_options(method, len(sig) - 1, model=model, **options)
     extra_args = {} if extra_args is None else extra_args
     in_dtype = x.dtype
-    work = torch.float64 if in_dtype == torch.float64 else torch.float32
+    work = in_dtype
     f = _Fields(model, cfg, extra_args, in_dtype)
 
     def emit(i, x_i, s, denoised):

@@ -132,7 +132,7 @@ def test_training_size_equals_comfy_euler_cfg(mode):
     net = MockEps(dtype=torch.float32)
     spy = []
     den = protocol_denoiser(net, base, spy)
-    sig = _sigmas(50)
+    sig = _sigmas(25)
     x0 = torch.randn(2, 4, base, base, generator=torch.Generator().manual_seed(1)) * sig[0]
 
     def cfg_model(x, s):
@@ -145,7 +145,7 @@ def test_training_size_equals_comfy_euler_cfg(mode):
     out = E.sample_elastic(den, x0.clone(), sig, {"seed": 3}, base=base, cfg=cfg, mode=mode,
                            resampling_steps=0, rrg_init_weight=5000.0)      # RRG on: x0_ref == x0, no effect
     assert (out - ref).abs().max() < 1e-5 * ref.abs().max()
-    assert len(spy) == 50 and all(len(w) == 4 for _, w, _ in spy)       # 2 evals per step, no duplicate uncond
+    assert len(spy) == 25 and all(len(w) == 4 for _, w, _ in spy)       # 2 evals per step, no duplicate uncond
     # R > 0 without repaint is still CFG (identical rounds), with repaint (cfg/3 pass) it is not
     same = E.sample_elastic(den, x0.clone(), sig, base=base, cfg=cfg, mode=mode, resampling_steps=3, repaint=False)
     assert (same - ref).abs().max() < 1e-5 * ref.abs().max()
@@ -192,8 +192,8 @@ def test_stitching_pointwise_every_size_patch_and_view_batch(mode):
     for H, W in sizes:
         x = torch.randn(2, 3, H, W, generator=g)
         expect = torch.tanh(x) / (1 + 1.5 ** 2) - 0.2 * x / 2.5 - 0.02
-        for patch in (1, 5, 8, 12, 16):
-            for vbs in (1, 3, 64):
+        for patch in ((1, 5, 8, 16) if max(H, W) <= 20 else (5, 8, 12, 16)):
+            for vbs in (1, 7):
                 plan = E.build_plan(x.shape, base=base, patch_size=patch, view_batch_size=vbs, mode=mode)
                 spy.clear()
                 L = E.local_pass(den, x, 1.5, plan, E.StepRandom(plan, 0, 0))
@@ -566,20 +566,20 @@ def _run(den, x, sig, **kw):
 
 @pytest.mark.parametrize("mode", ["clean", "faithful"])
 def test_view_batch_independence_batch_vs_alone_determinism(mode):
-    den = protocol_denoiser(MockEps(dtype=torch.float32), 16)
-    sig = _sigmas(6)
-    x = torch.randn(3, 4, 30, 22, generator=torch.Generator().manual_seed(6)) * sig[0]
+    den = protocol_denoiser(MockEps(), 16)
+    sig = _sigmas(4, torch.float64)
+    x = torch.randn(3, 4, 30, 22, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * sig[0]
     a = _run(den, x, sig, mode=mode, view_batch_size=1, seed=4)
     b = _run(den, x, sig, mode=mode, view_batch_size=5, ref_batch_size=1, seed=4)
     c = _run(den, x, sig, mode=mode, view_batch_size=64, ref_batch_size=2, seed=4)
-    assert (a - b).abs().max() < 1e-5 and (a - c).abs().max() < 1e-5
+    assert (a - b).abs().max() < 1e-10 and (a - c).abs().max() < 1e-10
     again = _run(den, x, sig, mode=mode, view_batch_size=1, seed=4)
     assert torch.equal(a, again)                                  # bit-identical, no global RNG
     torch.manual_seed(123)
     assert torch.equal(a, _run(den, x, sig, mode=mode, view_batch_size=1, seed=4))
     for i in range(3):
         alone = _run(den, x[i:i + 1], sig, mode=mode, view_batch_size=1, seed=4 + i)
-        assert (alone - a[i:i + 1]).abs().max() < 1e-5
+        assert (alone - a[i:i + 1]).abs().max() < 1e-10
     other = _run(den, x, sig, mode=mode, view_batch_size=1, seed=5)
     assert (other - a).abs().max() > 1e-3
 
