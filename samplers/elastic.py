@@ -63,9 +63,34 @@ max_factor           float >= 1 or None                  None (no limit in clean
 seed                 int                                 ``extra_args["seed"]``, else 0
 ===================  ==================================  =============================================
 
+Modes (spec §2.3, §8)
+---------------------
+``clean`` (default): reference size round(side * base / long side); exact cell sampler (cells with
+boundaries floor(j*H/h), any factor >= 1, the direction is scattered back to the very pixel that was
+sampled, unfilled pixels take their own cell's value); P(new pick) = new_p exactly; windows of the
+official count spread evenly, context = base - patch split with re-allocation at the borders (crops
+are exactly base on axes >= base), overlaps cross-faded (feathered).  Runs at any size (1080^2,
+1600x1200, 2000x1000, 1536^2 px on SDXL, > 2x).
+``faithful``: the official behaviour where it matters for parity: its reference size formula, its
+2x-upsample / keep-rows / 2x2-block sub-pixel map with the ``F.interpolate`` fill (misregistered at
+non-integer factors), its restored write mask, the integer new-pick draw (30/101 for 0.3), the
+"any of the 4" fallback, its windows (stride = patch, last window shifted, context (base-patch)//2
+per side) with first-write-wins stitching.  Sizes above 2x or where the official code breaks
+(1600x1200, 2000x1000, 1080^2 px on SDXL) raise ValueError.
+Not copied in either mode (spec §2.11, §3.3.8): fp16 direction buffer, md5/global-RNG seeding, the
+0.03 % off-by-one of ``undo_step`` (re-noise is exact: x' + sqrt(s_i^2 - s_{i+1}^2) xi), VAE posterior
+sampling of the pads, the hard-coded pad target 64 for non-XL models, the value-based (``!= 0``)
+first-write test.
+
 Determinism: all randomness comes from CPU ``torch.Generator`` objects keyed by
 ``(seed + b, step, purpose)`` for sample ``b``; running ``x[b:b+1]`` alone with ``seed + b`` reproduces
 sample ``b`` of a batch; results do not depend on ``view_batch_size`` / ``ref_batch_size``.
+The official code shares sub-pixel picks and pads over the batch; here they are per sample.
+
+Speed (spec §8): a pass makes one reference call (2 B (R+1) rows) and ceil(views / view_batch_size)
+patch calls; background latents come from the ``background`` palette given once per run (no VAE
+work per call); at or below base the patch equals the reference and its D_u is reused (2
+evaluations per pass instead of 3) and identical resampling rounds are evaluated once.
 """
 from __future__ import annotations
 

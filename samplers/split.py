@@ -183,7 +183,8 @@ def validate_probe(probe) -> None:
                          f"(see split.SplitProbe); got {type(probe).__name__}")
     pb = getattr(probe, "predict_base", None)
     if pb is not None and not callable(pb):
-        raise ValueError("split_probe.predict_base must be None or callable predict_base(x, sigma, split_base, **extra_args)")
+        raise ValueError("split_probe.predict_base must be None or a callable "
+                         "predict_base(x, sigma, split_base, **extra_args)")
 
 
 def _check_scale(name: str, value) -> float:
@@ -230,7 +231,8 @@ def validate_split_options(method: str = "ltsp4", steps: Optional[int] = None, *
     split_term, guidance = opts["split_term"], opts["guidance"]
     if split_term == "gradient":
         if guidance is None:
-            raise ValueError("split_term='gradient' needs a guidance object (GUIDANCE: guidance(x, sigma, denoised) -> G)")
+            raise ValueError("split_term='gradient' needs a guidance object "
+                             "(GUIDANCE: guidance(x, sigma, denoised) -> G)")
         validate_guidance(guidance)
     elif guidance is not None:
         raise ValueError(f"guidance is only used with split_term='gradient'; got split_term={split_term!r} "
@@ -282,7 +284,8 @@ def nfe_per_run(method: str, steps: int, ends_in_zero: bool = True, **options) -
     grad = cfg.split_term == "gradient" and guided
     needs_d = grad and getattr(cfg.guidance, "needs_denoised", True)
     if cfg.family in ("ddim", "plms"):
-        m = n + (1 if cfg.family == "plms" and cfg.plms_start == "heun" and n0 > 0 else 0)
+        heun = cfg.family == "plms" and cfg.order > 1 and cfg.plms_start == "heun" and n0 > 0
+        m = n + (1 if heun else 0)
         return {"model": m, "base": 0, "guidance": m if grad else 0}
     if not guided or cfg.eval_mode == "shared":
         return {"model": n, "base": 0, "guidance": n if grad else 0}
@@ -678,7 +681,7 @@ def sample_split(model, x, sigmas, extra_args=None, callback=None, disable=None,
     cfg = validate_split_options(method, len(sig) - 1, model=model, **options)
     extra_args = {} if extra_args is None else extra_args
     in_dtype = x.dtype
-    work = in_dtype
+    work = torch.float64 if in_dtype == torch.float64 else torch.float32
     f = _Fields(model, cfg, extra_args, in_dtype)
 
     def emit(i, x_i, s, denoised):
@@ -758,7 +761,8 @@ def split_respace_sigmas(model_sampling, steps: int, denoise: float = 1.0, dtype
         t_lo = float(model_sampling.timestep(torch.as_tensor(model_sampling.sigma_min)))
         t_hi = float(model_sampling.timestep(torch.as_tensor(model_sampling.sigma_max)))
         taus = [t_lo + t for t in respaced_timesteps(int(round(t_hi - t_lo)) + 1, max(total, 2))]
-        sig = torch.as_tensor(model_sampling.sigma(torch.tensor(taus[::-1], dtype=torch.float64))).to(torch.float64).cpu()
+        sig = torch.as_tensor(model_sampling.sigma(torch.tensor(taus[::-1], dtype=torch.float64)))
+        sig = sig.to(torch.float64).cpu()
     sig = torch.cat([sig.reshape(-1), sig.new_zeros(1)])
     return sig[-(steps + 1):].to(dtype)
 

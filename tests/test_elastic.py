@@ -104,6 +104,8 @@ def test_preset_scaling_custom_and_family():
     # same per-element coefficient 2 W0 / (C H W) and the same active steps as SDXL 2048^2
     assert 2 * 500 / (4 * 128 * 128) == pytest.approx(2 * 2000 / (4 * 256 * 256))
     assert E.rrg_active_steps(50, 500, 0.4, 10, 2.5) == E.rrg_active_steps(50, 2000, 0.4, 10, 10)
+    assert E.build_plan((1, 4, 32, 32), base=16).config.resampling_steps == 10       # auto is the default
+    assert E.build_plan((1, 4, 32, 32), base=16, resampling_steps=2).config.resampling_steps == 2
     c = E.elastic_preset("custom", base=128, resampling_steps=3)
     assert c["resampling_steps"] == 3 and c["rrg_init_weight"] == 0.0 and c["patch_size"] == 64
     assert E.base_resolution("SDXL") == 1024 and E.base_resolution("sd15") == 512
@@ -200,6 +202,8 @@ def test_stitching_pointwise_every_size_patch_and_view_batch(mode):
                 assert torch.allclose(L, expect, atol=1e-6), (H, W, patch, vbs)
                 assert all(w == ["uncond"] * len(w) for _, w, _ in spy)
                 assert max(shape[0] for shape, _, _ in spy) <= 2 * vbs
+                assert sorted((m.index, m.sample) for _, _, ms in spy for m in ms) == \
+                    [(v, b) for v in range(len(plan.views)) for b in range(2)]     # each view once per sample
 
 
 @pytest.mark.parametrize("mode", ["clean", "faithful"])
@@ -227,6 +231,7 @@ def test_clean_windows_feather_and_faithful_first_write():
     assert all((v.crop[1] - v.crop[0], v.crop[3] - v.crop[2]) == (16, 16) for v in views)
     ys = sorted({v.win[:2] for v in views})
     assert ys[0][0] == 0 and ys[-1][1] == 40 and len(ys) == 5    # official count, evenly spread
+    assert sorted({v.win[2:] for v in views}) == [(0, 8), (6, 14), (13, 21), (19, 27)]
     views_f, norm_f = E.make_views(40, 27, 16, 8, "faithful")
     assert torch.equal(norm_f, torch.ones_like(norm_f))
     assert [v.win[:2] for v in views_f][::4][:5] == [(0, 8), (8, 16), (16, 24), (24, 32), (32, 40)]
@@ -553,6 +558,94 @@ def test_faithful_step_equals_official_vp_loop(H, W):
             assert torch.allclose(ours[i][b:b + 1], ve, atol=1e-9, rtol=1e-9), (b, i, (ours[i][b] - ve[0]).abs().max())
 
 
+def test_reference_size_rules():
+    for (hp, wp), want in (((1080, 1920), (72, 128)), ((1080, 1080), (128, 128)), ((1200, 1600), (96, 128)),
+                           ((1000, 2000), (64, 128)), ((2048, 512), (128, 32)), ((768, 1024), (96, 128))):
+        assert E.reference_size(hp // 8, wp // 8, 128) == want
+    assert E.reference_size(22, 30, 16) == (12, 16)                 # rounded, not floored (11.73)
+    assert E.reference_size(10, 13, 16) == (10, 13)                 # at or below base: the latent itself
+    assert E.reference_size(240, 135, 128, "faithful") == (128, 72)  # the official formula
+    assert E.reference_size(135, 135, 128, "faithful") == (128, 128)
+
+
+@pytest.mark.parametrize("repaint", [True, False])
+def test_clean_step_equals_direct_transcription(repaint):
+    """One clean step (non-integer factor, resampling, repaint, RRG) against a direct per-cell
+    transcription of spec §2.3 (cells floor(j H / h), scatter at the source, own-cell fill, top-left
+    read-back) and §3.2; L is the full-canvas D_u, equal to the stitched one for this conv mock (§7.3)."""
+    base, cfg, R, W0, seed, i = 16, 6.0, 2, 800.0, 3, 1
+    net = MockEps()
+    den = protocol_denoiser(net, base)
+    H, W = 24, 20
+    sig = _sigmas(10, torch.float64)
+    x = torch.randn(1, 4, H, W, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * sig[i]
+    plan = E.build_plan(x.shape, sig, base=base, cfg=cfg, resampling_steps=R, rrg_init_weight=W0, cosine_scale=1.0,
+                        patch_size=8, background=torch.randn(2, 4, dtype=torch.float64), dtype=torch.float64,
+                        repaint=repaint)
+    got = E.elastic_step(den, x, sig, i, plan, seed=seed)
+    h, w = round(H * base / max(H, W)), round(W * base / max(H, W))
+    rb = [j * H // h for j in range(h + 1)]
+    cb = [j * W // w for j in range(w + 1)]
+    rnd = E.StepRandom(plan, seed, i)
+    s, s1 = float(sig[i]), float(sig[i + 1])
+
+    def model(xin, which):                                          # any size (the full canvas too)
+        return xin - s * net(xin / math.sqrt(1 + s * s), int(SCHED.timestep(sig[i])), which)
+
+    def pad(c):
+        ch, cw = c.shape[-2:]
+        lp, tp = (base - cw) // 2, (base - ch) // 2
+        blk = lambda side, ph, pw: (lambda p: (p[0] + s * p[1])[None])(rnd.pad_parts(0, side, ph, pw))
+        row = torch.cat([blk("left", ch, lp), c, blk("right", ch, base - cw - lp)], 3) if cw < base else c
+        return (torch.cat([blk("top", tp, base), row, blk("bottom", base - ch - tp, base)], 2) if ch < base
+                else row), tp, lp
+
+    def direction(xx, picks):
+        G = torch.full_like(xx, float("nan"))
+        for r in range(picks.shape[0]):
+            xr = torch.empty(1, 4, h, w, dtype=xx.dtype)
+            src = {}
+            for p in range(h):
+                for q in range(w):
+                    k, cw = int(picks[r, p, q]), cb[q + 1] - cb[q]
+                    yy, xx_ = rb[p] + k // cw, cb[q] + k % cw
+                    assert rb[p] <= yy < rb[p + 1] and cb[q] <= xx_ < cb[q + 1]
+                    xr[0, :, p, q] = xx[0, :, yy, xx_]
+                    src[p, q] = (yy, xx_)
+            inp, tp, lp = pad(xr)
+            dc = model(inp, ["cond"])[:, :, tp:tp + h, lp:lp + w]
+            du = model(inp, ["uncond"])[:, :, tp:tp + h, lp:lp + w]
+            g = dc - du
+            for (p, q), (yy, xx_) in src.items():
+                G[0, :, yy, xx_] = g[0, :, p, q]
+        for p in range(h):
+            for q in range(w):
+                cell = G[0, :, rb[p]:rb[p + 1], cb[q]:cb[q + 1]]
+                cell[torch.isnan(cell)] = g[0, :, p, q].view(-1, 1, 1).expand_as(cell)[torch.isnan(cell)]
+        g_down = G[:, :, rb[:-1]][:, :, :, cb[:-1]]
+        return G, du, g_down
+
+    picks = rnd.picks(0, R + 1)
+    G, du, g_down = direction(x, picks)
+    D = model(x, ["uncond"]) + cfg * G
+    x1 = x + (x - D) / s * (s1 - s)
+    g = cfg
+    if repaint:
+        x_re = x1 + math.sqrt(s * s - s1 * s1) * rnd.repaint_noise(0)[None]
+        G, du, g_down = direction(x_re, picks[:1])
+        g = cfg / 3
+        D = model(x_re, ["uncond"]) + g * G
+        x1 = x_re + (x_re - D) / s * (s1 - s)
+    wgt = E.rrg_weight(i, 10, W0, 0.4, 1.0)
+    assert wgt > 10
+    d_ref = du + g * g_down
+    up = d_ref[:, :, torch.repeat_interleave(torch.arange(h), torch.tensor(rb[1:]) - torch.tensor(rb[:-1]))]
+    up = up[:, :, :, torch.repeat_interleave(torch.arange(w), torch.tensor(cb[1:]) - torch.tensor(cb[:-1]))]
+    x1 = x1 + math.sqrt(1 + s1 * s1) * 2 * wgt / (4 * H * W) * (up - D)
+    assert torch.allclose(got.denoised, D, atol=1e-10)
+    assert torch.allclose(got.x, x1, atol=1e-10)
+
+
 # ----------------------------------------------------------------------------------------------
 # determinism, batching (spec §7.8), callback
 # ----------------------------------------------------------------------------------------------
@@ -610,6 +703,16 @@ def test_call_batching_and_row_order_at_2x():
     v = plan.views[1]
     assert m.window == (v.win[0], v.win[2], v.win[1] - v.win[0], v.win[3] - v.win[2])
     assert m.source == (v.crop[0], v.crop[2], 16, 16) and m.content == (0, 0, 16, 16) and m.canvas == (32, 32)
+    # a canvas shorter than base: content boxes locate the real pixels inside the padded inputs
+    spy.clear()
+    x = torch.randn(1, 4, 8, 40) * sig[0]
+    plan = E.build_plan(x.shape, sig, base=base, resampling_steps=1)
+    E.elastic_step(den, x, sig, 0, plan, seed=0)
+    ref = [m for _, _, ms in spy for m in ms if m.role == "reference"][0]
+    assert ref.reference_size == (3, 16) and ref.content == (6, 0, 3, 16) and ref.source == (0, 0, 8, 40)
+    patches = [m for _, _, ms in spy for m in ms if m.role == "patch" and m.phase == "main"]
+    assert {m.content for m in patches} == {(4, 0, 8, 16)}
+    assert [m.window[1] for m in patches] == [0, 8, 16, 24, 32] and {m.source[2:] for m in patches} == {(8, 16)}
 
 
 def test_callback_and_rrg_effect():

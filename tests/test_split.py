@@ -670,6 +670,11 @@ def test_low_precision_input_is_computed_in_fp32():
         assert out.dtype == dt and set(dtypes) == {dt}
         # the state is kept in fp32: the error is that of rounding inputs, not of an fp16 accumulation
         assert rel(out.to(torch.float32), ref) < (2e-2 if dt == torch.bfloat16 else 3e-3)
+        # the guidance sees the fp32 work state, the model the input dtype
+        seen = []
+        S.sample_split(model, x32.to(dt), sig, method="stsp2", split_term="gradient",
+                       guidance=lambda x, s, d: seen.append((x.dtype, s.dtype, d.dtype)) or torch.zeros_like(x))
+        assert set(seen) == {(torch.float32, torch.float32, torch.float32)} and set(dtypes) == {dt}
 
 
 def test_batch_independence_and_no_hidden_state():
