@@ -425,8 +425,8 @@ def validate_elastic(latent_shape: Sequence[int], sigmas=None, *, steps: Optiona
             try:
                 _official_axis(big, small)
             except _OfficialShapeError as e:
-                raise ValueError(f"ElasticDiffusion: mode='faithful' cannot run {H * VAE_SCALE}x{W * VAE_SCALE} px "
-                                 f"(latent {H}x{W}): the official sub-sampling map breaks on the {axis} axis "
+                raise ValueError(f"ElasticDiffusion: mode='faithful' cannot run {W * VAE_SCALE}x{H * VAE_SCALE} px "
+                                 f"(latent HxW {H}x{W}): the official sub-sampling map breaks on the {axis} axis "
                                  f"({e}); use mode='clean'") from None
     return ElasticConfig(height=H, width=W, channels=C, base=base, cfg=cfg, preset=preset, resampling_steps=r,
                          rrg_init_weight=w0, rrg_min_weight=wmin, new_p=new_p, cosine_scale=kappa,
@@ -499,6 +499,8 @@ def _official_axis(L: int, l: int) -> Tuple[List[int], List[int], int]:
     mask for each kept row) and the restored mask length.  Raises ``_OfficialShapeError`` where the
     official code produces the wrong shape.
     """
+    if l < 1:
+        raise _OfficialShapeError("an empty reference")
     keep, block = _even_rational(l / L)
     remove = block - keep
     nblocks = (2 * l) // keep
@@ -851,7 +853,12 @@ class StepRandom:
         return torch.stack(out).to(self.plan.device)
 
     def pad_parts(self, sample: int, side: str, ph: int, pw: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(background latent, unit noise) of a pad block [C, ph, pw]; VE pad = z + sigma * n (spec §3.1)."""
+        """(background latent, unit noise) of a pad block [C, ph, pw]; VE pad = z + sigma * n (spec §3.1).
+
+        The colour is one entry of the ``background`` palette drawn per (sample, step, side, shape);
+        a [C] entry is broadcast, a spatial [C, h, w] entry is cropped from its top-left (tiled when
+        smaller than the block) — encode constant images of 8*base px to cover every pad.
+        """
         key = (sample, side, ph, pw)
         if key not in self._pads:
             plan = self.plan
@@ -1036,6 +1043,7 @@ def _euler(x, denoised, sigma, sigma_next):
     return x + d * (sigma_next - sigma)
 
 
+@torch.no_grad()
 def elastic_step(denoiser, x: torch.Tensor, sigmas: torch.Tensor, i: int, plan: ElasticPlan,
                  seed: int = 0) -> StepResult:
     """One ElasticDiffusion step sigma_i -> sigma_{i+1} (spec §3.2).

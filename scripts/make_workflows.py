@@ -37,9 +37,29 @@ def nested_graph(kind):
     }
 
 
+def split_graph(kind):
+    sd15 = kind == "sd15"
+    return {
+        1: ("CheckpointLoaderSimple", {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors" if sd15
+                                       else "sd_xl_base_1.0.safetensors"}),
+        2: ("CLIPTextEncode", {"text": "a red apple on a wooden table, studio light", "clip": L(1, 1)}),
+        3: ("CLIPTextEncode", {"text": "blurry, low quality, watermark", "clip": L(1, 1)}),
+        4: ("EmptyLatentImage", {"width": 512 if sd15 else 1024, "height": 512 if sd15 else 1024, "batch_size": 1}),
+        5: ("SplitGuidedSampler", {"model": L(1, 0), "positive": L(2, 0), "negative": L(3, 0),
+                                   "latent_image": L(4, 0), "seed": 7, "steps": 15, "cfg": 9.0 if sd15 else 8.0,
+                                   "scheduler": "split_respace", "denoise": 1.0, "method": "ltsp4",
+                                   "split_term": "cfg_delta", "split_base": "cond", "eval_mode": "auto",
+                                   "ab_coeffs": "fixed", "final_step": "auto", "guidance_scale": 1.0}),
+        6: ("VAEDecode", {"samples": L(5, 0), "vae": L(1, 2)}),
+        7: ("SaveImage", {"images": L(6, 0), "filename_prefix": f"split_{kind}"}),
+    }
+
+
 GRAPHS = {
     "nested_sd15": lambda: nested_graph("sd15"),
     "nested_sdxl": lambda: nested_graph("sdxl"),
+    "split_sd15": lambda: split_graph("sd15"),
+    "split_sdxl": lambda: split_graph("sdxl"),
 }
 
 

@@ -333,6 +333,17 @@ def test_coverage_curve_factor2_new_p_03():
         assert curve[20] == pytest.approx(0.99, abs=0.01)
 
 
+@pytest.mark.parametrize("mode,new_p,expect", [("clean", 0.3, 0.3), ("faithful", 0.3, 30 / 101),
+                                                 ("clean", 0.004, 0.004), ("faithful", 0.004, 1 / 101)])
+def test_new_pick_probability(mode, new_p, expect):
+    """Round 1 re-picks a pixel with P = new_p (clean) or the official integer draw (faithful, spec §2.3)."""
+    plan = E.build_plan((1, 1, 512, 512), base=256, mode=mode, new_p=new_p)
+    picks = E.StepRandom(plan, 1, 0).picks(0, 2)
+    frac = (picks[1] != picks[0]).double().mean().item()
+    n = picks[0].numel()
+    assert abs(frac - expect) < 4 * math.sqrt(expect * (1 - expect) / n)
+
+
 def test_faithful_misregistration_reproduced_clean_fixed():
     """Round 0 (top-left): share of written pixels whose value is their own cell's, and the mean L1
     distance to the source actually estimated (spec §2.3: 1536^2 25% / 1.0 px; 1920x1080 1.6% / 3.25)."""

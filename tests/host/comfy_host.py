@@ -77,7 +77,7 @@ class Host:
         import execution
 
         class StubServer:
-            client_id = None
+            client_id = "nse-test"
             last_node_id = None
             last_prompt_id = None
             sockets_metadata = {}
@@ -99,7 +99,7 @@ class Host:
         params = inspect.signature(execution.PromptExecutor.__init__).parameters
         kw = {"cache_args": {"lru": 0, "ram": 0}} if "cache_args" in params else {}
         ex = execution.PromptExecutor(server, **kw)
-        ex.execute(prompt, pid, {}, valid[2])
+        ex.execute(prompt, pid, {"client_id": "nse-test"}, valid[2])
         return ex, server
 
 

@@ -38,8 +38,9 @@ class TinyNet(torch.nn.Module):
             "control": control is not None,
         })
         out = self.conv(x) * 0.5
-        if context is not None:
-            out = out + context.mean(dim=(1, 2)).view(-1, 1, 1, 1).to(out.dtype) * 0.2
+        if context is not None:   # the prompt changes the output in an x-dependent way (CFG is not a constant)
+            c = context.float().mean(dim=(1, 2)).view(-1, 1, 1, 1).to(out.dtype)
+            out = out * (1.0 + 0.5 * c) + c * 0.2
         if y is not None:
             out = out + y.float().mean(dim=1).view(-1, 1, 1, 1).to(out.dtype) * 0.05
         if control is not None and control.get("output"):

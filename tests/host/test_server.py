@@ -121,3 +121,21 @@ def test_nested_api_workflow_through_the_server_queue(server):
     progress = [m["data"] for m in msgs if m["type"] == "progress" and m["data"].get("node") == "5"]
     assert progress and progress[-1]["max"] == 12 and progress[-1]["value"] == 12   # model evaluations
     assert len([t for t in binary if t in (1, 4)]) >= 3                              # one preview per outer step
+
+
+API_FILES = sorted(f for f in os.listdir(os.path.join(comfy_host.ROOT, "workflows", "api")) if f.endswith(".json"))
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", [f for f in API_FILES if not f.startswith("nested_sd15")])
+def test_every_api_workflow_runs_through_the_server(server, name):
+    base, _ = server
+    kind = "sdxl" if "sdxl" in name else "sd15"
+    prompt = comfy_host.mock_api_workflow(json.load(open(os.path.join(comfy_host.ROOT, "workflows", "api", name))),
+                                          kind)
+    pid, msgs, binary, history = asyncio.run(queue_and_watch(base, prompt))
+    assert not [m for m in msgs if m["type"] == "execution_error"]
+    assert history[pid]["status"]["status_str"] == "success"
+    assert any("images" in o for o in history[pid]["outputs"].values())
+    assert [m for m in msgs if m["type"] == "progress"]                  # the bar moved
+    assert [t for t in binary if t in (1, 4)]                            # previews were sent
