@@ -209,7 +209,7 @@ def main():
 
         run_tiny(fast)()
         run_tiny(seq)()
-        tt_fast, tt_seq = timed_pair(run_tiny(fast), run_tiny(seq), 4 * args.repeats)
+        tt_fast, tt_seq = timed_pair(run_tiny(fast), run_tiny(seq), 2 * args.repeats)
         print(f"same step with an overhead-bound tiny net: batched {tt_fast * 1e3:.1f} ms, sequential "
               f"{tt_seq * 1e3:.1f} ms -> ratio {tt_fast / tt_seq:.2f}x")
         bounded = E.build_plan(x.shape, sig, mode="clean", view_batch_size=2, ref_batch_size=1, **common)

@@ -10,9 +10,7 @@
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -32,61 +30,32 @@ def toy_curve():
         print(f"   first estimate {fdp[0] / fdn[0]:.1f}x closer; final {fdn[-1]:.3f} vs plain final {fdp[-1]:.3f}")
 
 
-def host_timing(repeats, size, outer, inner):
-    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "host"))
-    import comfy_host
-    path, reason = comfy_host.find_comfy()
-    if path is None:
-        print(f"== host timing skipped: {reason}")
+def host_timing(repeats, size):
+    import bench_host
+    host = bench_host.load_host()
+    if host is None:
         return
-    try:
-        host = comfy_host.Host(path)
-    except ImportError as e:
-        print(f"== host timing skipped: ComfyUI at {path} is not importable with this python ({e})")
-        return
-    from mock_models import make_cond, make_model
     import comfy.utils
-    comfy.utils.PROGRESS_BAR_ENABLED = False          # no console bar in the timed region
+    from mock_models import make_cond, make_model
+    comfy.utils.PROGRESS_BAR_ENABLED = False
     model = make_model("sd15", heavy=True)
-    pos, neg = make_cond("sd15", 0.7), make_cond("sd15", -0.3)
-    lat = {"samples": torch.zeros(1, 4, size, size)}
-    ks, nk = host.node("KSampler"), host.node("NestedKSampler")
-
-    def run_plain():
-        return ks().sample(model, 1, outer * inner, 5.0, "euler", "normal", pos, neg, lat, denoise=1.0)
-
-    def run_nested():
-        return nk.execute(model=model, positive=pos, negative=neg, latent_image=lat, seed=1, outer_steps=outer,
-                          inner_steps=inner, cfg=5.0, inner_sampler="euler_ancestral", inner_scheduler="official",
-                          outer_scheduler="official_outer", denoise=1.0, inner_eta=0.85, outer_eta=1.0,
-                          time_budget=0.0, switch_at_outer_step=0)
-
-    run_plain(), run_nested()            # warm-up (model load, caches)
-    tp, tn = [], []
-    for _ in range(repeats):
-        for fn, acc in ((run_plain, tp), (run_nested, tn)):
-            t = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - t)
-    mp, mn = statistics.median(tp), statistics.median(tn)
-    print(f"== host timing: ComfyUI {host.version}, mock SD1.5-like model (heavy), latent 1x4x{size}x{size}, "
-          f"cfg 5, {outer * inner} NFE each, median of {repeats} ==")
-    print(f"KSampler euler {outer * inner} steps: {mp * 1000:8.1f} ms")
-    print(f"NestedKSampler {outer}x{inner}:        {mn * 1000:8.1f} ms")
-    print(f"ratio Nested / KSampler: {mn / mp:.3f}  (target <= 1.05)")
+    print(f"== host timing: ComfyUI {host.version}, CPU, mock SD1.5-like model (heavy conv net), latent "
+          f"1x4x{size}x{size}, cfg 5, median of {repeats} interleaved runs ==")
+    bench_host.bench_nested(host, model, make_cond("sd15", 0.7), make_cond("sd15", -0.3),
+                            {"samples": torch.zeros(1, 4, size, size)}, repeats)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px)")
-    ap.add_argument("--outer", type=int, default=5)
-    ap.add_argument("--inner", type=int, default=8)
     ap.add_argument("--skip-toy", action="store_true")
+    ap.add_argument("--skip-host", action="store_true")
     a = ap.parse_args()
     if not a.skip_toy:
         toy_curve()
-    host_timing(a.repeats, a.size, a.outer, a.inner)
+    if not a.skip_host:
+        host_timing(a.repeats, a.size)
 
 
 if __name__ == "__main__":

@@ -22,3 +22,8 @@ def load_pack(name: str = "nse"):
 load_pack()
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
+
+# The tests use tiny tensors: one intra-op thread is much faster than two on the CI machine.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

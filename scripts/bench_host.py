@@ -1,0 +1,98 @@
+"""Wall-time benchmarks of the pack's one-node samplers against core KSampler in a real ComfyUI.
+
+Same mock model (a real ModelPatcher around a heavier conv net), same latent, equal model
+evaluations; medians of interleaved repeats.  Run with ComfyUI's python:
+
+    COMFYUI_PATH=~/ComfyUI <comfy-python> scripts/bench_host.py [--repeats 5] [--size 64]
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "host"))
+
+
+def load_host():
+    import comfy_host
+    path, reason = comfy_host.find_comfy()
+    if path is None:
+        print(f"== host timing skipped: {reason}")
+        return None
+    try:
+        return comfy_host.Host(path)
+    except ImportError as e:
+        print(f"== host timing skipped: ComfyUI at {path} is not importable with this python ({e})")
+        return None
+
+
+def timed(fns, repeats):
+    for fn in fns.values():
+        fn()                                     # warm-up: model load, caches
+    acc = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            acc[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in acc.items()}
+
+
+def bench_nested(host, model, pos, neg, lat, repeats, outer=5, inner=8):
+    ks, nk = host.node("KSampler"), host.node("NestedKSampler")
+    t = timed({
+        "plain": lambda: ks().sample(model, 1, outer * inner, 5.0, "euler", "normal", pos, neg, lat, denoise=1.0),
+        "nested": lambda: nk.execute(model=model, positive=pos, negative=neg, latent_image=lat, seed=1,
+                                     outer_steps=outer, inner_steps=inner, cfg=5.0, inner_sampler="euler_ancestral",
+                                     inner_scheduler="official", outer_scheduler="official_outer", denoise=1.0,
+                                     inner_eta=0.85, outer_eta=1.0, time_budget=0.0, switch_at_outer_step=0),
+    }, repeats)
+    print(f"NestedKSampler {outer}x{inner} vs KSampler euler {outer * inner} steps (equal NFE): "
+          f"{t['nested'] * 1000:.0f} ms vs {t['plain'] * 1000:.0f} ms, ratio {t['nested'] / t['plain']:.3f} "
+          f"(target <= 1.05)")
+    return t["nested"] / t["plain"]
+
+
+def bench_split(host, model, pos, neg, lat, repeats, steps=20):
+    ks, sg = host.node("KSampler"), host.node("SplitGuidedSampler")
+    run = lambda method: sg.execute(model=model, positive=pos, negative=neg, latent_image=lat, seed=1,  # noqa: E731
+                                    steps=steps, cfg=5.0, scheduler="normal", denoise=1.0, method=method,
+                                    split_term="cfg_delta", split_base="cond", eval_mode="auto",
+                                    ab_coeffs="fixed", final_step="auto", guidance_scale=1.0)
+    t = timed({"euler": lambda: ks().sample(model, 1, steps, 5.0, "euler", "normal", pos, neg, lat, denoise=1.0),
+               "ltsp4": lambda: run("ltsp4"), "ltsp2": lambda: run("ltsp2")}, repeats)
+    for m in ("ltsp4", "ltsp2"):
+        print(f"SplitGuidedSampler {m} (shared) vs KSampler euler, {steps} steps: {t[m] / steps * 1000:.1f} vs "
+              f"{t['euler'] / steps * 1000:.1f} ms/step, ratio {t[m] / t['euler']:.3f} (target <= 1.05)")
+    return t["ltsp4"] / t["euler"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px)")
+    ap.add_argument("--only", choices=["nested", "split"], default=None)
+    a = ap.parse_args()
+    host = load_host()
+    if host is None:
+        return
+    import comfy.utils
+    from mock_models import make_cond, make_model
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    model = make_model("sd15", heavy=True)
+    pos, neg = make_cond("sd15", 0.7), make_cond("sd15", -0.3)
+    lat = {"samples": torch.zeros(1, 4, a.size, a.size)}
+    print(f"== host timing: ComfyUI {host.version}, CPU, mock SD1.5-like model (heavy conv net), latent "
+          f"1x4x{a.size}x{a.size}, cfg 5, median of {a.repeats} interleaved runs ==")
+    if a.only in (None, "nested"):
+        bench_nested(host, model, pos, neg, lat, a.repeats)
+    if a.only in (None, "split"):
+        bench_split(host, model, pos, neg, lat, a.repeats)
+
+
+if __name__ == "__main__":
+    main()
