@@ -55,7 +55,30 @@ def split_graph(kind):
     }
 
 
+def elastic_graph(kind):
+    sd15 = kind == "sd15"
+    return {
+        1: ("CheckpointLoaderSimple", {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors" if sd15
+                                       else "sd_xl_base_1.0.safetensors"}),
+        2: ("CLIPTextEncode", {"text": "a panoramic photo of a mountain lake at sunrise, one lone boat" if sd15
+                               else "an astronaut riding a horse on the moon, detailed, photograph",
+                               "clip": L(1, 1)}),
+        3: ("CLIPTextEncode", {"text": "blurry, low quality, watermark", "clip": L(1, 1)}),
+        4: ("EmptyLatentImage", {"width": 1024 if sd15 else 2048, "height": 512 if sd15 else 2048, "batch_size": 1}),
+        5: ("ElasticLatentSampler", {"model": L(1, 0), "positive": L(2, 0), "negative": L(3, 0),
+                                     "latent_image": L(4, 0), "vae": L(1, 2), "seed": 11, "steps": 30, "cfg": 10.0,
+                                     "preset": "auto", "resampling_steps": -1, "new_p": 0.3, "rrg_init_weight": -1.0,
+                                     "cosine_scale": 10.0, "rrg_stop_t": 0.4, "repaint": True, "patch_size": 0,
+                                     "view_batch_size": 16, "base_resolution": 0, "size_cond": "per_call",
+                                     "mode": "clean"}),
+        6: ("VAEDecode", {"samples": L(5, 0), "vae": L(1, 2)}),
+        7: ("SaveImage", {"images": L(6, 0), "filename_prefix": f"elastic_{kind}"}),
+    }
+
+
 GRAPHS = {
+    "elastic_sd15_wide": lambda: elastic_graph("sd15"),
+    "elastic_sdxl_2048": lambda: elastic_graph("sdxl"),
     "nested_sd15": lambda: nested_graph("sd15"),
     "nested_sdxl": lambda: nested_graph("sdxl"),
     "split_sd15": lambda: split_graph("sd15"),

@@ -83,7 +83,8 @@ def ui_to_api(ui, host):
 
 def test_there_are_workflows_for_every_method_shipped():
     names = {os.path.basename(p) for p in UI_FILES}
-    assert {"nested_sd15.json", "nested_sdxl.json", "split_sd15.json", "split_sdxl.json"} <= names
+    assert {"nested_sd15.json", "nested_sdxl.json", "split_sd15.json", "split_sdxl.json",
+            "elastic_sd15_wide.json", "elastic_sdxl_2048.json"} <= names
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=os.path.basename)

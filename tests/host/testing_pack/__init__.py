@@ -20,8 +20,17 @@ class MockClip:
 
 
 class MockVae:
+    """Stands in for a VAE: encode = 8x average pooling and a fixed RGB -> latent channel map."""
+
     def __init__(self, kind):
         self.kind = kind
+
+    def encode(self, pixels):
+        x = pixels.movedim(-1, 1).float() * 2 - 1
+        x = torch.nn.functional.avg_pool2d(x, 8)
+        c = mock_models.CHANNELS[self.kind]
+        m = torch.linspace(-1, 1, 3 * c).reshape(c, 3)
+        return torch.einsum("ck,bkhw->bchw", m, x)
 
 
 class NSETestMockCheckpoint:

@@ -1,0 +1,126 @@
+"""Host tests: the Elastic nodes inside a real ComfyUI with SD1.5-like and SDXL-like mock models."""
+import pytest
+import torch
+
+from conftest import require_host
+
+require_host()
+
+from mock_models import make_cond, make_model, net  # noqa: E402
+
+
+def run_node(host, kind="sd15", w=1024, h=512, model=None, lat=None, positive=None, **kw):
+    model = model or make_model(kind)
+    args = dict(model=model, positive=positive or make_cond(kind, 0.7), negative=make_cond(kind, -0.3),
+                latent_image=lat or {"samples": torch.zeros(1, 4, h // 8, w // 8)}, seed=3, steps=3, cfg=7.0,
+                preset="auto", resampling_steps=-1, new_p=0.3, rrg_init_weight=-1.0, cosine_scale=10.0,
+                rrg_stop_t=0.4, repaint=True, patch_size=0, view_batch_size=16, base_resolution=0,
+                size_cond="per_call", mode="clean")
+    args.update(kw)
+    return host.node("ElasticLatentSampler").execute(**args)[0], model
+
+
+@pytest.mark.parametrize("kind,w,h", [("sd15", 1024, 512), ("sd15", 512, 1024), ("sd15", 768, 768),
+                                      ("sdxl", 1536, 1536), ("sdxl", 1920, 1080)])
+def test_sizes_keep_the_latent_and_every_call_is_base_size(host, kind, w, h):
+    steps = 2 if kind == "sdxl" else 3
+    out, model = run_node(host, kind, w, h, steps=steps)
+    assert out["samples"].shape == (1, 4, h // 8, w // 8)
+    assert torch.isfinite(out["samples"]).all()
+    base = 128 if kind == "sdxl" else 64
+    calls = net(model).calls
+    assert calls and all(c["shape"][-2:] == (base, base) for c in calls)
+
+
+def test_sdxl_calls_see_conditioning_re_encoded_for_the_call(host):
+    model = make_model("sdxl")
+    pos = make_cond("sdxl", 0.7)
+    out, _ = run_node(host, "sdxl", 1536, 1024, model=model, positive=pos, steps=1, repaint=False)
+    sdxl = model.model
+    pooled = pos[0][1]["pooled_output"]
+
+    def expect(**p):
+        return sdxl.encode_adm(pooled_output=pooled, **p).float().reshape(-1)
+
+    ref_y = expect(width=1024, height=1024, crop_w=0, crop_h=0, target_width=1024, target_height=1024)
+    full_y = expect(width=1536, height=1024, crop_w=0, crop_h=0, target_width=1536, target_height=1024)
+    rows = torch.cat([c["y"] for c in net(model).calls])
+    assert any(torch.allclose(r, ref_y, atol=1e-5) for r in rows)            # global pass: base size
+    assert not any(torch.allclose(r, full_y, atol=1e-5) for r in rows)       # never the full-canvas y
+    patch_rows = [r for r in rows if not torch.allclose(r, ref_y, atol=1e-5)]
+    assert len({tuple(r[-6 * 256:].tolist()) for r in patch_rows}) > 1    # patches: their own crop offsets
+
+
+@pytest.mark.parametrize("extra,msg", [({"mask": torch.ones(1, 8, 8)}, "positive: conditioning with a mask"),
+                                       ({"area": (8, 8, 0, 0)}, "positive: conditioning with an area"),
+                                       ({"control": object()}, "positive: conditioning with a ControlNet")])
+def test_unsupported_conditioning_is_rejected_clearly(host, extra, msg):
+    model = make_model()
+    with pytest.raises(ValueError, match=msg):
+        run_node(host, model=model, positive=make_cond("sd15", 0.7, **extra))
+    assert net(model).calls == []
+
+
+def test_previews_and_determinism(host):
+    import comfy.utils
+    events = []
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda v, t, p, prompt_id=None, node_id=None: events.append((v, t, p)))
+    try:
+        a, _ = run_node(host, steps=3)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
+    assert [e[0] for e in events] == [1, 2, 3] and all(e[2] is not None for e in events)
+    assert events[0][2][1].size == (128, 64)                      # full-size preview (latent-sized Latent2RGB)
+    b, _ = run_node(host, steps=3)
+    assert torch.equal(a["samples"], b["samples"])
+    c, _ = run_node(host, steps=3, seed=4)
+    assert not torch.equal(a["samples"], c["samples"])
+
+
+def test_at_base_size_no_work_is_duplicated(host):
+    out, model = run_node(host, w=512, h=512, steps=4)
+    calls = net(model).calls
+    assert len(calls) == 4 and all(c["shape"][0] == 2 for c in calls)     # one CFG pair per step, like KSampler
+
+
+def test_elastic_guider_under_sampler_custom_advanced(host):
+    prompt = {
+        "1": {"class_type": "NSETestMockCheckpoint", "inputs": {"ckpt_name": "x", "kind": "sd15"}},
+        "2": {"class_type": "NSETestMockTextEncode", "inputs": {"text": "a wide valley", "clip": ["1", 1]}},
+        "3": {"class_type": "NSETestMockTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "ElasticGuider", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "cfg": 6.0, "preset": "auto",
+            "resampling_steps": -1, "new_p": 0.3, "rrg_init_weight": -1.0, "cosine_scale": 10.0, "rrg_stop_t": 0.4,
+            "repaint": True, "patch_size": 0, "view_batch_size": 8, "base_resolution": 0, "size_cond": "per_call",
+            "mode": "clean"}},
+        "5": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "6": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 3,
+                                                         "denoise": 1.0}},
+        "7": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
+        "8": {"class_type": "EmptyLatentImage", "inputs": {"width": 1024, "height": 512, "batch_size": 1}},
+        "9": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["7", 0], "guider": ["4", 0],
+                                                                "sampler": ["5", 0], "sigmas": ["6", 0],
+                                                                "latent_image": ["8", 0]}},
+        "10": {"class_type": "NSETestMockVAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
+        "11": {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}},
+    }
+    ex, server = host.run_prompt(prompt)
+    assert ex.success, [m for m in server.messages if m[0] == "execution_error"]
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"patch_size": 80}, "patch_size=80 is larger than the base size 64"),
+    ({"new_p": 0.0}, r"new_p"),
+    ({"steps": 0}, "steps must be an integer between 1 and 1000"),
+    ({"lat": {"samples": torch.zeros(1, 4, 64, 128), "noise_mask": torch.ones(1, 1, 64, 128)}}, "noise mask"),
+    ({"lat": {"samples": torch.zeros(1, 4, 2, 64, 128)}}, "must be a 4-D image latent"),
+    ({"base_resolution": 516}, "base_resolution must be a multiple of 8"),
+    ({"model": "flow"}, "rectified-flow model"),
+    ({"mode": "faithful", "w": 1536, "h": 512}, "faithful"),
+])
+def test_bad_input_is_rejected_before_model_work(host, kw, msg):
+    model = make_model("flow" if kw.pop("model", None) == "flow" else "sd15")
+    with pytest.raises(ValueError, match=msg):
+        run_node(host, model=model, **kw)
+    assert net(model).calls == []
