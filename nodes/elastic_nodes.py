@@ -236,6 +236,12 @@ def sample_elastic_comfy(model, x, sigmas, extra_args=None, callback=None, disab
 # ------------------------------------------------------------------------------------------
 # inputs, validation, background
 # ------------------------------------------------------------------------------------------
+def _model_cond_inputs():
+    return [io.Model.Input("model", tooltip="An EPS or v-prediction model (SD1.x, SD2.x, SDXL)."),
+            io.Conditioning.Input("positive", tooltip="Positive conditioning (no masks, areas or ControlNet)."),
+            io.Conditioning.Input("negative", tooltip="Negative conditioning.")]
+
+
 def _elastic_inputs():
     return [
         io.Combo.Input("preset", options=list(elastic.PRESETS), default="auto",
@@ -286,14 +292,15 @@ def resolve_options(model, latent_shape, steps, cfg, preset, resampling_steps, n
                 rrg_init_weight=None if rrg_init_weight < 0 else rrg_init_weight, cosine_scale=cosine_scale,
                 rrg_stop_t=rrg_stop_t, repaint=repaint, patch_size=None if patch_size == 0 else patch_size,
                 view_batch_size=view_batch_size, mode=mode)
-    if latent_shape is not None:
-        if len(latent_shape) != 4:
-            raise ValueError(f"latent_image must be a 4-D image latent [B,C,H,W] (got shape {tuple(latent_shape)})")
-        elastic.validate_elastic(latent_shape, steps=steps, base=base, cfg=cfg, **opts)
-        H, W = latent_shape[-2:]
-        if max(H, W) > 2 * base:
-            logging.warning(f"ElasticDiffusion: {W * 8}x{H * 8} px is {max(H, W) / base:.2g}x the base size "
-                            f"{base_px}; above 2x the method was not evaluated by its authors (clean mode runs)")
+    if latent_shape is None:      # a guider: the size is known only at sampling time; check the rest now
+        latent_shape = [1, model.model.latent_format.latent_channels, base, base]
+    if len(latent_shape) != 4:
+        raise ValueError(f"latent_image must be a 4-D image latent [B,C,H,W] (got shape {tuple(latent_shape)})")
+    elastic.validate_elastic(latent_shape, steps=steps, base=base, cfg=cfg, **opts)
+    H, W = latent_shape[-2:]
+    if max(H, W) > 2 * base:
+        logging.warning(f"ElasticDiffusion: {W * 8}x{H * 8} px is {max(H, W) / base:.2g}x the base size "
+                        f"{base_px}; above 2x the method was not evaluated by its authors (clean mode runs)")
     return base, opts
 
 
@@ -329,10 +336,7 @@ class ElasticLatentSampler(io.ComfyNode):
                         "was not trained for. The global class direction is estimated on a sub-sampled reference at "
                         "the training size, the local unconditional score on base-size patches with context, so "
                         "the picture stays one coherent composition. Every model call is base x base.",
-            inputs=[
-                io.Model.Input("model", tooltip="An EPS or v-prediction model (SD1.x, SD2.x, SDXL)."),
-                io.Conditioning.Input("positive", tooltip="Positive conditioning (no masks, areas or ControlNet)."),
-                io.Conditioning.Input("negative", tooltip="Negative conditioning."),
+            inputs=_model_cond_inputs() + [
                 io.Latent.Input("latent_image", tooltip="An empty latent of the target size (any multiple of 8 px)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the noise and of every random choice (sub-pixels, pads, repaint)."),
@@ -389,10 +393,7 @@ class ElasticGuiderNode(io.ComfyNode):
                         "evaluation is the ElasticDiffusion composite (global direction on a base-size reference + "
                         "local patches), so any size works from a fixed-resolution model. The full method (repaint, "
                         "reduced-resolution guidance) is the one-node Elastic Latent Sampler.",
-            inputs=[
-                io.Model.Input("model", tooltip="An EPS or v-prediction model (SD1.x, SD2.x, SDXL)."),
-                io.Conditioning.Input("positive", tooltip="Positive conditioning (no masks, areas or ControlNet)."),
-                io.Conditioning.Input("negative", tooltip="Negative conditioning."),
+            inputs=_model_cond_inputs() + [
                 io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1,
                                tooltip="Guidance scale of the global class direction."),
             ] + _elastic_inputs() + [
@@ -412,12 +413,6 @@ class ElasticGuiderNode(io.ComfyNode):
         base, opts = resolve_options(model, None, None, cfg, preset, resampling_steps, new_p, rrg_init_weight,
                                      cosine_scale, rrg_stop_t, repaint, patch_size, view_batch_size, base_resolution,
                                      size_cond, mode)
-        glue.check_choice("preset", preset, list(elastic.PRESETS))
-        glue.check_choice("mode", mode, list(elastic.MODES))
-        glue.check_float("new_p", new_p, 0.0, 1.0, lo_open=True, what="in (0, 1]")
-        if patch_size and patch_size > base:
-            raise ValueError(f"patch_size={patch_size} is larger than the base size {base} latent px; allowed: "
-                             f"1..{base} (0 = half the base)")
         bg = background_latents(model, vae, 0)
         if bg is not None:
             opts["background"] = bg

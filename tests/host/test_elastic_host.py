@@ -124,3 +124,45 @@ def test_bad_input_is_rejected_before_model_work(host, kw, msg):
     with pytest.raises(ValueError, match=msg):
         run_node(host, model=model, **kw)
     assert net(model).calls == []
+
+
+def test_above_twice_the_base_warns_and_still_runs(host, caplog):
+    import logging
+    with caplog.at_level(logging.WARNING):
+        out, _ = run_node(host, w=1536, h=512, steps=2)
+    assert out["samples"].shape == (1, 4, 64, 192)
+    assert any("above 2x" in r.getMessage() for r in caplog.records)
+
+
+def test_interrupt_between_model_calls(host):
+    import comfy.model_management as mm
+    import comfy.utils
+    model = make_model()
+    net(model).calls.clear()
+    hook_calls = []
+
+    def hook(value, total, preview, prompt_id=None, node_id=None):
+        hook_calls.append(value)
+        mm.interrupt_current_processing(True)
+
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run_node(host, model=model, steps=4)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
+        mm.interrupt_current_processing(False)
+    per_step = len(net(model).calls)
+    full, m2 = run_node(host, steps=4)
+    assert 0 < per_step < len(net(m2).calls)            # stopped after the first step, before the next call
+
+
+def test_memory_is_reserved_for_base_size_batches(host):
+    guider_cls = host.pack_module("nodes.elastic_nodes").ElasticGuider
+    g = guider_cls(make_model())
+    g.set_elastic(64, view_batch_size=16)
+    seen = []
+    g._prepare_sampling_wrapper(lambda model, shape, *a, **k: seen.append(shape), None, [2, 4, 128, 256], [],
+                                model_options={})
+    assert seen == [[16, 4, 64, 64]]
