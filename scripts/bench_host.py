@@ -39,7 +39,7 @@ def timed(fns, repeats):
             t = time.perf_counter()
             fn()
             acc[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in acc.items()}
+    return {k: (statistics.median(v), min(v)) for k, v in acc.items()}
 
 
 def bench_nested(host, model, pos, neg, lat, repeats, outer=5, inner=8):
@@ -51,10 +51,11 @@ def bench_nested(host, model, pos, neg, lat, repeats, outer=5, inner=8):
                                      inner_scheduler="official", outer_scheduler="official_outer", denoise=1.0,
                                      inner_eta=0.85, outer_eta=1.0, time_budget=0.0, switch_at_outer_step=0),
     }, repeats)
-    print(f"NestedKSampler {outer}x{inner} vs KSampler euler {outer * inner} steps (equal NFE): "
-          f"{t['nested'] * 1000:.0f} ms vs {t['plain'] * 1000:.0f} ms, ratio {t['nested'] / t['plain']:.3f} "
-          f"(target <= 1.05)")
-    return t["nested"] / t["plain"]
+    (mn, bn), (mp, bp) = t["nested"], t["plain"]
+    print(f"NestedKSampler {outer}x{inner} vs KSampler euler {outer * inner} steps (equal NFE): median "
+          f"{mn * 1000:.0f} vs {mp * 1000:.0f} ms, ratio {mn / mp:.3f}; best {bn * 1000:.0f} vs {bp * 1000:.0f} ms, "
+          f"ratio {bn / bp:.3f} (target <= 1.05)")
+    return mn / mp
 
 
 def bench_split(host, model, pos, neg, lat, repeats, steps=20):
@@ -66,14 +67,15 @@ def bench_split(host, model, pos, neg, lat, repeats, steps=20):
     t = timed({"euler": lambda: ks().sample(model, 1, steps, 5.0, "euler", "normal", pos, neg, lat, denoise=1.0),
                "ltsp4": lambda: run("ltsp4"), "ltsp2": lambda: run("ltsp2")}, repeats)
     for m in ("ltsp4", "ltsp2"):
-        print(f"SplitGuidedSampler {m} (shared) vs KSampler euler, {steps} steps: {t[m] / steps * 1000:.1f} vs "
-              f"{t['euler'] / steps * 1000:.1f} ms/step, ratio {t[m] / t['euler']:.3f} (target <= 1.05)")
-    return t["ltsp4"] / t["euler"]
+        (ms_, bs_), (me, be) = t[m], t["euler"]
+        print(f"SplitGuidedSampler {m} (shared) vs KSampler euler, {steps} steps: median {ms_ / steps * 1000:.1f} vs "
+              f"{me / steps * 1000:.1f} ms/step, ratio {ms_ / me:.3f}; best ratio {bs_ / be:.3f} (target <= 1.05)")
+    return t["ltsp4"][0] / t["euler"][0]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px)")
     ap.add_argument("--only", choices=["nested", "split"], default=None)
     a = ap.parse_args()
@@ -83,6 +85,9 @@ def main():
     import comfy.utils
     from mock_models import make_cond, make_model
     comfy.utils.PROGRESS_BAR_ENABLED = False
+    # The mock net is not a real denoiser: its activations drift into subnormal floats on some
+    # trajectories, whose CPU cost depends on the values, not on the sampler.  Flush them.
+    torch.set_flush_denormal(True)
     model = make_model("sd15", heavy=True)
     pos, neg = make_cond("sd15", 0.7), make_cond("sd15", -0.3)
     lat = {"samples": torch.zeros(1, 4, a.size, a.size)}

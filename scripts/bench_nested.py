@@ -38,6 +38,7 @@ def host_timing(repeats, size):
     import comfy.utils
     from mock_models import make_cond, make_model
     comfy.utils.PROGRESS_BAR_ENABLED = False
+    torch.set_flush_denormal(True)        # value-independent mock cost (see bench_host.py)
     model = make_model("sd15", heavy=True)
     print(f"== host timing: ComfyUI {host.version}, CPU, mock SD1.5-like model (heavy conv net), latent "
           f"1x4x{size}x{size}, cfg 5, median of {repeats} interleaved runs ==")
@@ -47,7 +48,7 @@ def host_timing(repeats, size):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px)")
     ap.add_argument("--skip-toy", action="store_true")
     ap.add_argument("--skip-host", action="store_true")
