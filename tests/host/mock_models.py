@@ -104,3 +104,26 @@ def make_cond(kind="sd15", value=0.5, batch=1, **extra):
 
 def net(model_patcher):
     return model_patcher.model.diffusion_model
+
+
+def make_control(value=0.3):
+    """A minimal ControlNet-like object (a real comfy.controlnet.ControlBase subclass) that adds a
+    constant residual; attached to a cond as ``control`` the way ControlNetApply does."""
+    import comfy.controlnet
+
+    class MockControl(comfy.controlnet.ControlBase):
+        def __init__(self, v):
+            super().__init__()
+            self.value = v
+            self.calls = 0
+
+        def get_control(self, x_noisy, t, cond, batched_number, *args, **kwargs):
+            self.calls += 1
+            return {"output": [torch.full_like(x_noisy, self.value * self.strength)]}
+
+        def copy(self):
+            c = MockControl(self.value)
+            self.copy_to(c)
+            return c
+
+    return MockControl(value)

@@ -175,3 +175,12 @@ def test_nested_sampler_under_sampler_custom_advanced(host):
     ex, server = host.run_prompt(prompt)
     assert ex.success, server.messages[-3:]
     assert "11" in ex.history_result["outputs"]
+
+
+def test_controlnet_as_comfy_applies_it(host):
+    from mock_models import make_control
+    base, _, _ = run_ks(host)
+    control = make_control(0.3)
+    out, _, model = run_ks(host, positive=make_cond("sd15", 0.7, control=control))
+    assert control.calls == 6 and any(c["control"] for c in net(model).calls)
+    assert not torch.allclose(base["samples"], out["samples"])
