@@ -200,8 +200,8 @@ class NestedKSampler(io.ComfyNode):
             category=CATEGORY,
             description="Anytime generation with Nested Diffusion (Elata et al., WACV 2024). Every outer step runs "
                         "a short inner diffusion and yields a complete image: it is previewed on the node and "
-                        "returned in 'intermediates'. Stop early (time budget or Cancel-free: the budget finishes "
-                        "the current outer step) and you still get a usable picture.",
+                        "returned in 'intermediates'. Stop early with the time budget (it finishes the current outer "
+                        "step) and you still get a usable picture.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (LoRA and model patches apply as usual)."),
                 io.Conditioning.Input("positive", tooltip="Positive conditioning."),
