@@ -6,12 +6,17 @@ and socket types always match):  COMFYUI_PATH=~/ComfyUI <comfy-python> scripts/m
 import json
 import os
 import sys
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "host"))
+sys.path.insert(0, HERE)
 
 import comfy_host  # noqa: E402
+from _pack import load_pack  # noqa: E402
+
+load_pack()
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 L = lambda node, slot: ("link", node, slot)  # noqa: E731
@@ -105,23 +110,46 @@ def is_widget(typ, opts):
     return typ in WIDGET_TYPES and not opts.get("forceInput")
 
 
+def node_height(n_sockets, n_outputs, n_widgets):
+    """Height the frontend gives a node: title, socket rows, one row per widget (approximate, generous)."""
+    return 36 + 22 * max(n_sockets, n_outputs) + 26 * n_widgets + 12
+
+
+def depths(graph):
+    """Column of every node: the longest link path from a source node."""
+    memo = {}
+
+    def d(nid):
+        if nid not in memo:
+            srcs = [v[1] for v in graph[nid][1].values() if isinstance(v, tuple)]
+            memo[nid] = 0 if not srcs else 1 + max(d(s) for s in srcs)
+        return memo[nid]
+
+    return {nid: d(nid) for nid in graph}
+
+
 def build(name, graph, host):
     nodes, links, api = [], [], {}
     link_id = 0
     out_links = {}            # (node, slot) -> [link ids]
     order = sorted(graph)
+    col = depths(graph)
+    col_y = {}
     for n, nid in enumerate(order):
         ct, values = graph[nid]
         cls = host.node(ct)
         inputs, widgets, api_inputs = [], [], {}
+        rows = 0
         for iname, typ, opts, optional in input_specs(cls):
             v = values.get(iname)
             if is_widget(typ, opts):
+                rows += 5 if opts.get("multiline") else 1
                 if v is None:
                     v = opts.get("default", (opts.get("options") or [None])[0])
                 widgets.append(v)
                 if opts.get("control_after_generate"):
                     widgets.append("fixed")
+                    rows += 1
                 api_inputs[iname] = v
             else:
                 entry = {"name": iname, "type": typ, "link": None}
@@ -136,17 +164,49 @@ def build(name, graph, host):
                 inputs.append(entry)
         names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
         outputs = [{"name": names[i], "type": t, "links": [], "slot_index": i} for i, t in enumerate(cls.RETURN_TYPES)]
-        nodes.append({"id": nid, "type": ct, "pos": [40 + 360 * (n // 3), 60 + 260 * (n % 3)], "size": [320, 220],
+        width = 380 if len(widgets) > 6 else 320
+        height = node_height(len(inputs), len(outputs), rows)
+        if ct in ("PreviewImage", "SaveImage"):
+            height = max(height, 300)
+        y = col_y.get(col[nid], 60)
+        col_y[col[nid]] = y + height + 50
+        nodes.append({"id": nid, "type": ct, "pos": [40 + 440 * col[nid], y], "size": [width, height],
                       "flags": {}, "order": n, "mode": 0, "inputs": inputs, "outputs": outputs,
                       "properties": {"Node name for S&R": ct}, "widgets_values": widgets})
         api[str(nid)] = {"class_type": ct, "inputs": api_inputs, "_meta": {"title": ct}}
     for node in nodes:
         for o in node["outputs"]:
             o["links"] = out_links.get((node["id"], o["slot_index"]), [])
-    ui = {"id": f"nse-{name}", "revision": 0, "last_node_id": max(order), "last_link_id": link_id, "nodes": nodes,
+    ui = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"nested-split-elastic/workflows/{name}")), "revision": 0,
+          "last_node_id": max(order), "last_link_id": link_id, "nodes": nodes,
           "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
           "version": 0.4}
     return ui, api
+
+
+def thumbnail(name, path):
+    """A small template thumbnail: the method's name over toy-world images (no weights needed)."""
+    import torch
+    from PIL import Image, ImageDraw
+    sys.path.insert(0, HERE)
+    from demo import anytime_curve, to_image
+    from nse.samplers.toy import ToyWorld
+    world = ToyWorld()
+    cls = {"nested": 1, "split": 2, "elastic": 0}[name.split("_")[0]]
+    previews, _, _, _ = anytime_curve(world, cls, 4, 6, 64, seed=3)
+    strip = to_image(torch.cat([p[:1] for p in previews]), scale=9)
+    img = Image.new("RGB", (400, 220), (24, 26, 32))
+    img.paste(strip.resize((360, int(360 * strip.height / strip.width))), (20, 80))
+    d = ImageDraw.Draw(img)
+    from PIL import ImageFont
+    try:
+        big, small = ImageFont.load_default(size=26), ImageFont.load_default(size=16)
+    except TypeError:                      # older Pillow: fixed-size bitmap font
+        big = small = ImageFont.load_default()
+    method, model = name.split("_")[0], name.split("_")[1]
+    d.text((20, 16), method.upper(), fill=(235, 235, 235), font=big)
+    d.text((20, 50), model.upper(), fill=(150, 170, 200), font=small)
+    img.save(path, "JPEG", quality=85)
 
 
 def main():
@@ -163,6 +223,7 @@ def main():
         with open(os.path.join(ROOT, "workflows", "api", f"{name}.json"), "w") as f:
             json.dump(api, f, indent=2)
             f.write("\n")
+        thumbnail(name, os.path.join(ROOT, "workflows", f"{name}.jpg"))
         print("wrote", name)
 
 

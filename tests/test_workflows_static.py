@@ -29,3 +29,18 @@ def test_api_workflows_are_api_format():
             for v in node["inputs"].values():
                 if isinstance(v, list):
                     assert v[0] in prompt, f"{p}: node {nid} links to missing node {v[0]}"
+
+
+def test_ui_workflows_have_uuid_ids_thumbnails_and_no_overlapping_nodes():
+    import uuid
+    for p in glob.glob(os.path.join(WF, "*.json")):
+        ui = json.load(open(p))
+        uuid.UUID(ui["id"])                                   # the frontend's schema requires a UUID
+        assert os.path.isfile(p[:-5] + ".jpg"), f"{p} has no template thumbnail"
+        boxes = [(n["pos"][0], n["pos"][1], n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]) for n in ui["nodes"]]
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                overlap = a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+                assert not overlap, f"{os.path.basename(p)}: nodes overlap {a} {b}"
+        for n in ui["nodes"]:                                  # room for every widget row
+            assert n["size"][1] >= 36 + 26 * len(n.get("widgets_values", [])), (p, n["type"])
