@@ -116,7 +116,10 @@ def build_inner_sigmas(ms, s_start: float, steps: int, kind: Union[str, Callable
         sig = torch.tensor(sig + [tail], dtype=torch.float64)
     elif kind == "normal":
         t0 = _ms_timestep(ms, s_start)
-        ts = torch.linspace(t0, 0, k, dtype=torch.float64) if k > 1 else torch.tensor([t0], dtype=torch.float64)
+        if _ms_sigma(ms, 0) > 0:      # discrete VP-like: K points down to t=0 (sigma_min), then 0, as ComfyUI
+            ts = torch.linspace(t0, 0, k, dtype=torch.float64) if k > 1 else torch.tensor([t0], dtype=torch.float64)
+        else:                         # flow: sigma(t=0) is already 0, so stop one point earlier
+            ts = torch.linspace(t0, 0, k + 1, dtype=torch.float64)[:-1]
         sig = [_ms_sigma(ms, float(t)) for t in ts]
         sig[0] = s_start
         sig = torch.tensor(sig + [0.0], dtype=torch.float64)

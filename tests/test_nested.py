@@ -302,3 +302,11 @@ def test_bad_sigmas_raise():
         nested.sample_nested(gmm_model(), start(2), torch.tensor([1.0, 2.0, 0.0]), model_sampling=MS)
     with pytest.raises(ValueError, match="at least 2 values"):
         nested.sample_nested(gmm_model(), start(2), torch.tensor([1.0]), model_sampling=MS)
+
+
+@pytest.mark.parametrize("kind", ["normal", "karras", "exponential"])
+def test_flow_inner_schedules_make_exactly_k_steps(kind):
+    fs = FlowSchedule(shift=3.0)
+    for s in (1.0, 0.6, 0.1):
+        sig = nested.build_inner_sigmas(fs, s, 4, kind)
+        assert len(sig) == 5 and float(sig[0]) == s and float(sig[-1]) == 0.0

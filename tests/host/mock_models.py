@@ -1,8 +1,9 @@
 """Test-only mock models: a real ModelPatcher around a real BaseModel with a tiny net (comfy-host.md §9.3).
 
-Three kinds: ``sd15`` (EPS, SD1.5 latent format, 768-d context), ``sdxl`` (comfy.model_base.SDXL
-with ``y`` ADM conditioning, 2048-d context), ``flow`` (rectified flow / CONST, SD3 latent format,
-16 channels, shift 3).  The net is deterministic and records every call for assertions.
+Kinds: ``sd15`` (EPS, SD1.5 latent format, 768-d context), ``sdxl`` (comfy.model_base.SDXL
+with ``y`` ADM conditioning, 2048-d context), ``flow`` (rectified flow / CONST with discrete
+timesteps, SD3 latent format, 16 channels, shift 3), ``flux`` (continuous-time flow sampling as
+Flux, 16 channels).  The net is deterministic and records every call for assertions.
 """
 import torch
 
@@ -12,8 +13,8 @@ import comfy.model_patcher
 import comfy.supported_models_base
 from comfy.model_base import ModelType
 
-CONTEXT_DIM = {"sd15": 768, "sdxl": 2048, "flow": 4096}
-CHANNELS = {"sd15": 4, "sdxl": 4, "flow": 16}
+CONTEXT_DIM = {"sd15": 768, "sdxl": 2048, "flow": 4096, "flux": 4096}
+CHANNELS = {"sd15": 4, "sdxl": 4, "flow": 16, "flux": 16}
 
 
 class TinyNet(torch.nn.Module):
@@ -68,8 +69,8 @@ class HeavyNet(TinyNet):
 
 def _config(kind):
     latent = {"sd15": comfy.latent_formats.SD15, "sdxl": comfy.latent_formats.SDXL,
-              "flow": comfy.latent_formats.SD3}[kind]
-    settings = {"shift": 3.0, "multiplier": 1000} if kind == "flow" else {}
+              "flow": comfy.latent_formats.SD3, "flux": comfy.latent_formats.Flux}[kind]
+    settings = {"flow": {"shift": 3.0, "multiplier": 1000}, "flux": {"shift": 1.15}}.get(kind, {})
 
     class TinyConfig(comfy.supported_models_base.BASE):
         unet_config = {"disable_unet_model_creation": True}
@@ -87,6 +88,8 @@ def make_model(kind="sd15", dtype=torch.float32, heavy=False):
         model = comfy.model_base.SDXL(cfg, model_type=ModelType.EPS, device=cpu)
     elif kind == "flow":
         model = comfy.model_base.BaseModel(cfg, model_type=ModelType.FLOW, device=cpu)
+    elif kind == "flux":     # continuous-time rectified flow (ModelSamplingFlux), Flux-like
+        model = comfy.model_base.BaseModel(cfg, model_type=ModelType.FLUX, device=cpu)
     else:
         model = comfy.model_base.BaseModel(cfg, model_type=ModelType.EPS, device=cpu)
     model.diffusion_model = (HeavyNet if heavy else TinyNet)(CHANNELS[kind], dtype)

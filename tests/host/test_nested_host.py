@@ -17,7 +17,7 @@ def run_ks(host, model=None, kind="sd15", lat=None, **kw):
     node = host.node("NestedKSampler")
     model = model or make_model(kind)
     args = dict(model=model, positive=make_cond(kind, 0.7), negative=make_cond(kind, -0.3),
-                latent_image=lat or latent(c=16 if kind == "flow" else 4), seed=1, outer_steps=3, inner_steps=2,
+                latent_image=lat or latent(c=16 if kind in ("flow", "flux") else 4), seed=1, outer_steps=3, inner_steps=2,
                 cfg=5.0, inner_sampler="euler_ancestral", inner_scheduler="official", outer_scheduler="official_outer",
                 denoise=1.0, inner_eta=0.85, outer_eta=1.0, time_budget=0.0, switch_at_outer_step=0)
     args.update(kw)
@@ -184,3 +184,24 @@ def test_controlnet_as_comfy_applies_it(host):
     out, _, model = run_ks(host, positive=make_cond("sd15", 0.7, control=control))
     assert control.calls == 6 and any(c["control"] for c in net(model).calls)
     assert not torch.allclose(base["samples"], out["samples"])
+
+
+def test_flux_like_continuous_flow_model(host):
+    out, inter, model = run_ks(host, kind="flux")
+    assert out["samples"].shape == (1, 16, 8, 8) and torch.isfinite(out["samples"]).all()
+    assert len(net(model).calls) == 3 * 2
+
+
+@pytest.mark.parametrize("sched", ["normal", "karras", "exponential", "simple", "beta", "sgm_uniform", "kl_optimal",
+                                   "ddim_uniform", "linear_quadratic", "official", "official_dpm"])
+def test_every_inner_schedule_starts_exactly_at_the_outer_sigma(host, sched):
+    node = host.pack_module("nodes.nested_nodes")
+    nested = host.pack_module("samplers.nested")
+    model = make_model()
+    ms = model.get_model_object("model_sampling")
+    for s in node.official_outer(ms, 6)[:-1].tolist():
+        sig = nested.build_inner_sigmas(ms, s, 4, node._inner_schedule(sched))
+        assert float(sig[0]) == s and float(sig[-1]) == 0.0
+        assert bool(torch.all(sig[:-1] > sig[1:])) and len(sig) >= 2
+    out, inter, _ = run_ks(host, model=model, inner_steps=3, inner_scheduler=sched)
+    assert torch.isfinite(inter["samples"]).all() and inter["samples"].shape[0] == 3

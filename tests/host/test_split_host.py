@@ -17,7 +17,7 @@ def latent(b=1, c=4, h=8, w=8):
 def run_node(host, model=None, kind="sd15", lat=None, **kw):
     model = model or make_model(kind)
     args = dict(model=model, positive=make_cond(kind, 0.7), negative=make_cond(kind, -0.3),
-                latent_image=lat or latent(c=16 if kind == "flow" else 4), seed=1, steps=6, cfg=5.0,
+                latent_image=lat or latent(c=16 if kind in ("flow", "flux") else 4), seed=1, steps=6, cfg=5.0,
                 scheduler="split_respace", denoise=1.0, method="ltsp4", split_term="cfg_delta", split_base="cond",
                 eval_mode="auto", ab_coeffs="fixed", final_step="auto", guidance_scale=1.0)
     args.update(kw)
@@ -158,9 +158,9 @@ def test_inpainting_mask_batch_img2img(host):
     assert out["samples"].shape == (2, 4, 8, 8) and torch.isfinite(out["samples"]).all()
 
 
-@pytest.mark.parametrize("kind", ["sdxl", "flow"])
+@pytest.mark.parametrize("kind", ["sdxl", "flow", "flux"])
 def test_sdxl_and_flow(host, kind):
-    out, model = run_node(host, kind=kind, scheduler="simple" if kind == "flow" else "split_respace")
+    out, model = run_node(host, kind=kind, scheduler="simple" if kind in ("flow", "flux") else "split_respace")
     assert torch.isfinite(out["samples"]).all()
     if kind == "sdxl":
         assert all(c["y"].shape[1] == 2816 for c in net(model).calls)
@@ -186,3 +186,18 @@ def test_bad_input_is_rejected_before_model_work(host, kw, msg):
     with pytest.raises(ValueError, match=msg):
         run_node(host, model=model, **kw)
     assert net(model).calls == []
+
+
+def test_rescale_cfg_patch_is_kept_in_the_guidance_term(host):
+    from comfy_extras.nodes_model_advanced import RescaleCFG
+    model = make_model()
+    patched = RescaleCFG().patch(model, 0.7)[0]
+    plain, _ = run_node(host, model=model)
+    rescaled, _ = run_node(host, model=patched)
+    assert torch.isfinite(rescaled["samples"]).all()
+    assert not torch.allclose(plain["samples"], rescaled["samples"])
+    # with split_term none the same patch changes the result the same way a core sampler sees it
+    sig = host.node("SplitRespace").execute(model, 6, 1.0)[0]
+    ours = run_with_guider(host, patched, sampler_of(host, split_term="none", final_step="denoised"), sig)
+    ref = run_with_guider(host, patched, comfy.samplers.ksampler("ipndm"), sig)
+    assert torch.allclose(ours["samples"], ref["samples"], atol=1e-4, rtol=1e-4)
