@@ -51,7 +51,26 @@ def _ms_sigma(ms, t: float) -> float:
 
 
 def _ms_timestep(ms, sigma: float) -> float:
-    return float(ms.timestep(torch.tensor(float(sigma), dtype=torch.float64)))
+    """The (continuous) timestep t with ``ms.sigma(t) == sigma``.
+
+    For discrete VP schedules this is ``ms.timestep(sigma)`` (the nearest integer index, as the
+    official code rounds anyway).  For shifted flow schedules ComfyUI's ``timestep(sigma)`` is the
+    model's input scale (sigma * multiplier), not the inverse of ``sigma(t)``; there the inverse is
+    found by bisection on the monotone ``sigma(t)``.
+    """
+    t = float(ms.timestep(torch.tensor(float(sigma), dtype=torch.float64)))
+    if sigma <= 0 or abs(_ms_sigma(ms, t) - sigma) <= 1e-3 * sigma + 1e-6 or getattr(ms, "log_sigmas", None) is not None:
+        return t
+    lo, hi = 0.0, max(t, float(ms.timestep(torch.tensor(float(ms.sigma_max), dtype=torch.float64))))
+    while _ms_sigma(ms, hi) < sigma and hi < 1e7:
+        hi *= 2
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if _ms_sigma(ms, mid) < sigma:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
 
 
 def official_outer_sigmas(ms, n: int, timesteps: int = 1000) -> torch.Tensor:

@@ -304,8 +304,10 @@ def test_bad_sigmas_raise():
         nested.sample_nested(gmm_model(), start(2), torch.tensor([1.0]), model_sampling=MS)
 
 
-@pytest.mark.parametrize("kind", ["normal", "karras", "exponential"])
+@pytest.mark.parametrize("kind", ["official", "normal", "karras", "exponential"])
 def test_flow_inner_schedules_make_exactly_k_steps(kind):
+    """Shifted flow schedules: ComfyUI's timestep(sigma) is not the inverse of sigma(t); the inner
+    grid must still start at the outer sigma and make K steps."""
     fs = FlowSchedule(shift=3.0)
     for s in (1.0, 0.6, 0.1):
         sig = nested.build_inner_sigmas(fs, s, 4, kind)

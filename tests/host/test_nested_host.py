@@ -113,9 +113,9 @@ def test_sdxl_and_flow_models(host):
     assert torch.isfinite(out["samples"]).all()
     out, inter, model = run_ks(host, kind="flow", outer_scheduler="simple", inner_scheduler="normal")
     assert out["samples"].shape == (1, 16, 8, 8) and torch.isfinite(out["samples"]).all()
-    # flow: the official schedules are available as well
-    out, _, _ = run_ks(host, kind="flow")
-    assert torch.isfinite(out["samples"]).all()
+    # flow: the official schedules are available as well, with K steps per inner process
+    out, _, model = run_ks(host, kind="flow")
+    assert torch.isfinite(out["samples"]).all() and len(net(model).calls) == 3 * 2
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -194,14 +194,15 @@ def test_flux_like_continuous_flow_model(host):
 
 @pytest.mark.parametrize("sched", ["normal", "karras", "exponential", "simple", "beta", "sgm_uniform", "kl_optimal",
                                    "ddim_uniform", "linear_quadratic", "official", "official_dpm"])
-def test_every_inner_schedule_starts_exactly_at_the_outer_sigma(host, sched):
+@pytest.mark.parametrize("kind", ["sd15", "flow"])
+def test_every_inner_schedule_starts_exactly_at_the_outer_sigma(host, sched, kind):
     node = host.pack_module("nodes.nested_nodes")
     nested = host.pack_module("samplers.nested")
-    model = make_model()
+    model = make_model(kind)
     ms = model.get_model_object("model_sampling")
     for s in node.official_outer(ms, 6)[:-1].tolist():
         sig = nested.build_inner_sigmas(ms, s, 4, node._inner_schedule(sched))
         assert float(sig[0]) == s and float(sig[-1]) == 0.0
-        assert bool(torch.all(sig[:-1] > sig[1:])) and len(sig) >= 2
-    out, inter, _ = run_ks(host, model=model, inner_steps=3, inner_scheduler=sched)
+        assert bool(torch.all(sig[:-1] > sig[1:])) and len(sig) - 1 >= 3, sig
+    out, inter, _ = run_ks(host, model=model, kind=kind, inner_steps=3, inner_scheduler=sched)
     assert torch.isfinite(inter["samples"]).all() and inter["samples"].shape[0] == 3
