@@ -43,11 +43,19 @@ class ComfySplitProbe(split.SplitProbe):
         if isinstance(getattr(model, "inner_model", None), SplitGuider):
             self.predict_base = self._predict_base
 
+    def post_cfg_function(self, args):
+        self.sigma = args.get("sigma")
+        return super().post_cfg_function(args)
+
     def base_prediction(self, denoised, split_base):
         base = super().base_prediction(denoised, split_base)
         mask = self.extra_args.get("denoise_mask")
         latent = getattr(self.model, "latent_image", None)
         if mask is not None and latent is not None:
+            fn = self.extra_args.get("model_options", {}).get("denoise_mask_function")
+            if fn is not None:             # e.g. Differential Diffusion: the same mask the model wrapper used
+                mask = fn(self.sigma, mask, extra_options={"model": self.model.inner_model,
+                                                            "sigmas": self.model.sigmas})
             base = base * mask + latent * (1.0 - mask)
         return base
 

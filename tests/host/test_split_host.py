@@ -201,3 +201,31 @@ def test_rescale_cfg_patch_is_kept_in_the_guidance_term(host):
     ours = run_with_guider(host, patched, sampler_of(host, split_term="none", final_step="denoised"), sig)
     ref = run_with_guider(host, patched, comfy.samplers.ksampler("ipndm"), sig)
     assert torch.allclose(ours["samples"], ref["samples"], atol=1e-4, rtol=1e-4)
+
+
+def test_probe_blends_the_base_with_the_mask_the_model_wrapper_uses(host):
+    """Under an inpainting mask (and Differential Diffusion's mask function) the base prediction is
+    blended like the model output, so G = final - base vanishes where the latent is kept."""
+    mod = host.pack_module("nodes.split_nodes")
+
+    class FakeK:
+        latent_image = torch.full((1, 4, 2, 2), 7.0)
+        sigmas = torch.tensor([2.0, 1.0, 0.0])
+        inner_model = object()
+
+    mask = torch.tensor([[[[1.0, 0.0], [0.5, 0.0]]]])
+    seen = {}
+
+    def mask_fn(sigma, m, extra_options):
+        seen["sigma"], seen["opts"] = sigma, extra_options
+        return (m > 0.4).float()
+
+    extra = {"denoise_mask": mask, "model_options": {"denoise_mask_function": mask_fn}}
+    probe = mod.ComfySplitProbe(FakeK(), extra)
+    cond = torch.ones(1, 4, 2, 2)
+    final = probe.post_cfg_function({"denoised": cond * 3, "cond_denoised": cond, "uncond_denoised": cond * 0,
+                                     "sigma": torch.tensor([1.5])})
+    base = probe.base_prediction(final, "cond")
+    expected = torch.tensor([[[[1.0, 7.0], [1.0, 7.0]]]]).expand(1, 4, 2, 2)
+    assert torch.equal(base, expected)
+    assert float(seen["sigma"]) == 1.5 and seen["opts"]["sigmas"] is FakeK.sigmas
