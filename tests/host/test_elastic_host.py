@@ -166,3 +166,20 @@ def test_memory_is_reserved_for_base_size_batches(host):
     g._prepare_sampling_wrapper(lambda model, shape, *a, **k: seen.append(shape), None, [2, 4, 128, 256], [],
                                 model_options={})
     assert seen == [[16, 4, 64, 64]]
+
+
+def test_inpainting_models_are_rejected(host):
+    model = make_model()
+    model.model.concat_keys = ("mask", "masked_image")
+    with pytest.raises(ValueError, match="inpainting models"):
+        run_node(host, model=model)
+    assert net(model).calls == []
+
+
+@pytest.mark.parametrize("preset", ["auto", "custom"])
+def test_faithful_mode_and_presets_run_at_twice_the_base(host, preset):
+    out, model = run_node(host, w=1024, h=1024, steps=2, mode="faithful", preset=preset)
+    assert out["samples"].shape == (1, 4, 128, 128) and torch.isfinite(out["samples"]).all()
+    rows = sum(c["shape"][0] for c in net(model).calls)
+    # auto at 2x square: R = 10 -> 2 x 11 reference rows per main pass; custom: R = 0 -> 2
+    assert rows > (40 if preset == "auto" else 0)
