@@ -378,7 +378,9 @@ class ElasticLatentSampler(io.ComfyNode):
         guider.set_cfg(cfg)
         sigmas = elastic.ddim_uniform_sigmas(glue.model_sampling_of(model), steps)
         callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
-        sampler = comfy.samplers.KSAMPLER(sample_elastic_comfy)
+        ids = latent_image.get("batch_index")
+        sampler = comfy.samplers.KSAMPLER(sample_elastic_comfy, extra_options={} if ids is None else {
+            "sample_ids": list(ids)})      # as prepare_noise does: sample b alone == sample b of the batch
         return io.NodeOutput(glue.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=callback))
 
 

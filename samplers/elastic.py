@@ -810,9 +810,14 @@ class StepRandom:
     spec §2.2), ``repaint_noise`` the re-noise draw.  Pads are cached within the step.
     """
 
-    def __init__(self, plan: ElasticPlan, seed: int, step: int):
+    def __init__(self, plan: ElasticPlan, seed: int, step: int, sample_ids: Optional[Sequence[int]] = None):
         self.plan, self.seed, self.step = plan, int(seed), int(step)
+        self.sample_ids = None if sample_ids is None else [int(v) for v in sample_ids]
         self._pads: Dict[Tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _key(self, sample: int) -> int:
+        """Seed of sample ``sample``: seed + its id (its row index, or e.g. ComfyUI's batch_index)."""
+        return self.seed + (sample if self.sample_ids is None else self.sample_ids[sample])
 
     def picks(self, sample: int, rounds: int) -> torch.Tensor:
         """Candidate index per reference pixel for rounds 0..rounds-1 -> LongTensor [rounds, h, w].
@@ -827,7 +832,7 @@ class StepRandom:
         out = [cur]
         if rounds <= 1 or geo.trivial:
             return cur.expand(max(rounds, 1), -1, -1).contiguous().to(self.plan.device)
-        gen = _generator("subpixel", self.seed + sample, self.step)
+        gen = _generator("subpixel", self._key(sample), self.step)
         valid = geo.valid.cpu()
         used = torch.zeros(geo.h, geo.w, geo.K, dtype=torch.bool)
         used[..., 0] = True
@@ -862,7 +867,7 @@ class StepRandom:
         key = (sample, side, ph, pw)
         if key not in self._pads:
             plan = self.plan
-            gen = _generator("pad", self.seed + sample, self.step, side, ph, pw)
+            gen = _generator("pad", self._key(sample), self.step, side, ph, pw)
             bg = plan.background
             colour = int(torch.randint(0, bg.shape[0], (1,), generator=gen))
             noise = torch.randn(plan.config.channels, ph, pw, generator=gen, dtype=torch.float64)
@@ -877,7 +882,7 @@ class StepRandom:
 
     def repaint_noise(self, sample: int) -> torch.Tensor:
         cfg = self.plan.config
-        gen = _generator("repaint", self.seed + sample, self.step)
+        gen = _generator("repaint", self._key(sample), self.step)
         xi = torch.randn(cfg.channels, cfg.height, cfg.width, generator=gen, dtype=torch.float64)
         return xi.to(self.plan.device, self.plan.dtype)
 
@@ -1045,7 +1050,7 @@ def _euler(x, denoised, sigma, sigma_next):
 
 @torch.no_grad()
 def elastic_step(denoiser, x: torch.Tensor, sigmas: torch.Tensor, i: int, plan: ElasticPlan,
-                 seed: int = 0) -> StepResult:
+                 seed: int = 0, sample_ids: Optional[Sequence[int]] = None) -> StepResult:
     """One ElasticDiffusion step sigma_i -> sigma_{i+1} (spec §3.2).
 
     pass 1: D = L + cfg G (R + 1 rounds), x' = Euler(x, D);
@@ -1061,7 +1066,7 @@ def elastic_step(denoiser, x: torch.Tensor, sigmas: torch.Tensor, i: int, plan: 
     sf, s1f = float(s), float(s1)
     x = x.to(plan.dtype)
     B, C, H, W = x.shape
-    rnd = StepRandom(plan, seed, i)
+    rnd = StepRandom(plan, seed, i, sample_ids)
     calls: list = []
     R = cfg.resampling_steps
     D, ref = elastic_denoise(denoiser, x, sf, plan, rnd, rounds=R + 1, scale=cfg.cfg, phase="main", calls=calls)
@@ -1096,11 +1101,17 @@ def sample_elastic(denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
     sqrt(1 + sigma_0^2) * noise, spec §3.1).  ``extra_args["seed"]`` (or option ``seed``) keys all
     randomness; other extra_args are ignored (the caller binds model options into ``denoiser``).
     ``callback`` gets ``{'x', 'i', 'sigma', 'sigma_hat', 'denoised'}`` with the full-size x0 estimate.
+    Option ``sample_ids`` (one int per sample, default 0..B-1) keys sample b's randomness with
+    ``seed + sample_ids[b]`` (ComfyUI passes the latent's ``batch_index``).
     """
     extra_args = {} if extra_args is None else extra_args
     seed = options.pop("seed", None)
     if seed is None:
         seed = extra_args.get("seed", 0) or 0
+    sample_ids = options.pop("sample_ids", None)
+    if sample_ids is not None and len(sample_ids) != x.shape[0]:
+        raise ValueError(f"ElasticDiffusion: sample_ids must have one id per sample ({x.shape[0]}), "
+                         f"got {len(sample_ids)}")
     if options.get("base") is None and getattr(denoiser, "base", None) is not None:
         options["base"] = denoiser.base
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -1108,7 +1119,7 @@ def sample_elastic(denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
     out_dtype = x.dtype
     x = x.to(dtype)
     for i in range(len(sigmas) - 1):
-        res = elastic_step(denoiser, x, sigmas, i, plan, seed)
+        res = elastic_step(denoiser, x, sigmas, i, plan, seed, sample_ids)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": res.denoised})
         x = res.x

@@ -688,6 +688,19 @@ def test_view_batch_independence_batch_vs_alone_determinism(mode):
     assert (other - a).abs().max() > 1e-3
 
 
+def test_sample_ids_key_the_randomness_like_a_batch_index():
+    den = protocol_denoiser(MockEps(), 16)
+    sig = _sigmas(4, torch.float64)
+    x = torch.randn(2, 4, 30, 22, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * sig[0]
+    a = _run(den, x, sig, seed=4, sample_ids=[7, 2])
+    for i, sid in enumerate([7, 2]):
+        alone = _run(den, x[i:i + 1], sig, seed=4, sample_ids=[sid])
+        assert (alone - a[i:i + 1]).abs().max() < 1e-10
+        assert (alone - _run(den, x[i:i + 1], sig, seed=4 + sid)).abs().max() < 1e-10
+    with pytest.raises(ValueError, match="sample_ids must have one id per sample"):
+        _run(den, x, sig, seed=4, sample_ids=[1])
+
+
 def test_call_batching_and_row_order_at_2x():
     base, B, R, vbs = 16, 2, 4, 5
     spy = []

@@ -183,3 +183,12 @@ def test_faithful_mode_and_presets_run_at_twice_the_base(host, preset):
     rows = sum(c["shape"][0] for c in net(model).calls)
     # auto at 2x square: R = 10 -> 2 x 11 reference rows per main pass; custom: R = 0 -> 2
     assert rows > (40 if preset == "auto" else 0)
+
+
+def test_sample_of_a_batch_equals_the_same_sample_alone(host):
+    lat2 = {"samples": torch.zeros(2, 4, 64, 128)}
+    both, _ = run_node(host, lat=lat2, steps=3)
+    alone = {"samples": torch.zeros(1, 4, 64, 128), "batch_index": [1]}      # what LatentFromBatch gives
+    one, _ = run_node(host, lat=alone, steps=3)
+    assert torch.allclose(both["samples"][1:], one["samples"], atol=1e-5)
+    assert not torch.allclose(both["samples"][:1], one["samples"], atol=1e-3)
