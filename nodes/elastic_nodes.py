@@ -113,10 +113,22 @@ class ElasticGuider(comfy.samplers.CFGGuider):
         super().inner_set_conds(conds)
 
     def _prepare_sampling_wrapper(self, executor, model, noise_shape, *args, **kwargs):
+        """Reserve memory for the largest base-size call, not the full canvas: the reference call has
+        2B(R+1) rows (or 2B·ref_batch_size), a patch call view_batch_size·B; ComfyUI's estimate
+        doubles the batch for cond/uncond, hence the halving."""
         shape = list(noise_shape)
         if len(shape) == 4:
-            vbs = int(self.elastic_options.get("view_batch_size") or 16)
-            rows = max(shape[0], math.ceil(vbs * shape[0] / 2))
+            B = shape[0]
+            opts = {k: v for k, v in self.elastic_options.items() if k not in ("background", "steps")}
+            try:
+                cfg = elastic.validate_elastic(shape, base=self.base, **opts)
+                rounds = cfg.resampling_steps + 1
+                if cfg.ref_batch_size:
+                    rounds = min(rounds, cfg.ref_batch_size)
+                vbs = 0 if max(shape[2], shape[3]) <= self.base else cfg.view_batch_size   # no patch calls
+            except ValueError:
+                rounds, vbs = 1, int(self.elastic_options.get("view_batch_size") or 16)
+            rows = max(B, math.ceil(max(2 * B * rounds, vbs * B) / 2))
             shape = [rows, shape[1], self.base, self.base]
         return executor(model, shape, *args, **kwargs)
 

@@ -163,9 +163,12 @@ def test_memory_is_reserved_for_base_size_batches(host):
     g = guider_cls(make_model())
     g.set_elastic(64, view_batch_size=16)
     seen = []
-    g._prepare_sampling_wrapper(lambda model, shape, *a, **k: seen.append(shape), None, [2, 4, 128, 256], [],
-                                model_options={})
-    assert seen == [[16, 4, 64, 64]]
+    reserve = lambda shape: g._prepare_sampling_wrapper(lambda m, s, *a, **k: seen.append(s), None, shape, [],  # noqa
+                                                        model_options={})
+    reserve([2, 4, 64, 256])          # 4x wide: R = 7 -> reference call 2*2*8 = 32 rows, patches 16*2 = 32 rows
+    reserve([1, 4, 128, 128])         # 2x square: R = 10 -> reference call 22 rows > 16 patches
+    reserve([1, 4, 64, 64])           # at the base: R = 0 -> one CFG pair
+    assert seen == [[16, 4, 64, 64], [11, 4, 64, 64], [1, 4, 64, 64]]
 
 
 def test_inpainting_models_are_rejected(host):
