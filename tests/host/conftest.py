@@ -50,3 +50,31 @@ def host():
 def pytest_report_header(config):
     path, reason = comfy_host.find_comfy()
     return f"ComfyUI for host tests: {path or reason}"
+
+
+@pytest.fixture
+def progress(host):
+    """Captures ComfyUI progress-bar updates ``(value, total, preview)``; ``progress.on(fn)`` adds a
+    callback run on every update (e.g. to interrupt).  The previous global hook is restored."""
+    import comfy.utils
+
+    class Events(list):
+        hooks = []
+
+        def on(self, fn):
+            self.hooks.append(fn)
+
+    events = Events()
+    events.hooks = []
+    old = comfy.utils.PROGRESS_BAR_HOOK
+
+    def hook(value, total, preview, prompt_id=None, node_id=None):
+        events.append((value, total, preview))
+        for fn in events.hooks:
+            fn(value, total, preview)
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    yield events
+    comfy.utils.set_progress_bar_global_hook(old)
+    import comfy.model_management
+    comfy.model_management.interrupt_current_processing(False)

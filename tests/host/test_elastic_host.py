@@ -61,15 +61,9 @@ def test_unsupported_conditioning_is_rejected_clearly(host, extra, msg):
     assert net(model).calls == []
 
 
-def test_previews_and_determinism(host):
-    import comfy.utils
-    events = []
-    old = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(lambda v, t, p, prompt_id=None, node_id=None: events.append((v, t, p)))
-    try:
-        a, _ = run_node(host, steps=3)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(old)
+def test_previews_and_determinism(host, progress):
+    a, _ = run_node(host, steps=3)
+    events = list(progress)
     assert [e[0] for e in events] == [1, 2, 3] and all(e[2] is not None for e in events)
     assert events[0][2][1].size == (128, 64)                      # full-size preview (latent-sized Latent2RGB)
     b, _ = run_node(host, steps=3)
@@ -134,25 +128,14 @@ def test_above_twice_the_base_warns_and_still_runs(host, caplog):
     assert any("above 2x" in r.getMessage() for r in caplog.records)
 
 
-def test_interrupt_between_model_calls(host):
+def test_interrupt_between_model_calls(host, progress):
     import comfy.model_management as mm
-    import comfy.utils
     model = make_model()
-    net(model).calls.clear()
-    hook_calls = []
-
-    def hook(value, total, preview, prompt_id=None, node_id=None):
-        hook_calls.append(value)
-        mm.interrupt_current_processing(True)
-
-    old = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(hook)
-    try:
-        with pytest.raises(mm.InterruptProcessingException):
-            run_node(host, model=model, steps=4)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(old)
-        mm.interrupt_current_processing(False)
+    progress.on(lambda value, total, preview: mm.interrupt_current_processing(True))
+    with pytest.raises(mm.InterruptProcessingException):
+        run_node(host, model=model, steps=4)
+    mm.interrupt_current_processing(False)
+    progress.hooks.clear()
     per_step = len(net(model).calls)
     full, m2 = run_node(host, steps=4)
     assert 0 < per_step < len(net(m2).calls)            # stopped after the first step, before the next call

@@ -25,17 +25,6 @@ def run_ks(host, model=None, kind="sd15", lat=None, **kw):
     return out[0], out[1], model
 
 
-@pytest.fixture
-def progress(host):
-    import comfy.utils
-    events = []
-    old = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(
-        lambda value, total, preview, prompt_id=None, node_id=None: events.append((value, total, preview)))
-    yield events
-    comfy.utils.set_progress_bar_global_hook(old)
-
-
 def test_node_execute_outputs_intermediates_previews_and_nfe(host, progress):
     out, inter, model = run_ks(host)
     assert out["samples"].shape == (1, 4, 8, 8)
@@ -71,19 +60,10 @@ def test_time_budget_returns_latest_estimate(host):
 
 def test_interrupt_is_honoured_within_one_inner_step(host, progress):
     import comfy.model_management as mm
-    import comfy.utils
-
-    def hook(value, total, preview, prompt_id=None, node_id=None):
-        if value == 3:
-            mm.interrupt_current_processing(True)
-
-    comfy.utils.set_progress_bar_global_hook(hook)
+    progress.on(lambda value, total, preview: value == 3 and mm.interrupt_current_processing(True))
     model = make_model()
-    try:
-        with pytest.raises(mm.InterruptProcessingException):
-            run_ks(host, model=model, outer_steps=4, inner_steps=4)
-    finally:
-        mm.interrupt_current_processing(False)
+    with pytest.raises(mm.InterruptProcessingException):
+        run_ks(host, model=model, outer_steps=4, inner_steps=4)
     assert len(net(model).calls) == 3                 # stopped before the 4th evaluation
 
 

@@ -136,16 +136,9 @@ def test_gradient_guidance_inside_the_executor_inference_mode(host):
     assert ex.success, [m for m in server.messages if m[0] == "execution_error"]
 
 
-def test_previews_and_progress(host):
-    import comfy.utils
-    events = []
-    old = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(lambda v, t, p, prompt_id=None, node_id=None: events.append((v, t, p)))
-    try:
-        run_node(host, steps=7)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(old)
-    assert [e[0] for e in events] == list(range(1, 8)) and all(e[2] is not None for e in events)
+def test_previews_and_progress(host, progress):
+    run_node(host, steps=7)
+    assert [e[0] for e in progress] == list(range(1, 8)) and all(e[2] is not None for e in progress)
 
 
 def test_inpainting_mask_batch_img2img(host):
