@@ -73,11 +73,44 @@ def bench_split(host, model, pos, neg, lat, repeats, steps=20):
     return t["ltsp4"][0] / t["euler"][0]
 
 
+def bench_elastic(host, model, pos, neg, repeats, steps=3, side=128):
+    """ElasticLatentSampler's machinery at 2x the base size in the real host: batched (view_batch_size 16,
+    all reference rounds in one call) vs one call per reference round and per patch (the official
+    call pattern), same rows.  Also reports calls and rows per step from the mock net."""
+    import comfy.samplers
+    mod = host.pack_module("nodes.elastic_nodes")
+    glue = host.pack_module("nodes.glue")
+    elastic = host.pack_module("samplers.elastic")
+    lat = {"samples": torch.zeros(1, 4, side, side)}
+    sigmas = elastic.ddim_uniform_sigmas(model.get_model_object("model_sampling"), steps)
+
+    def run(vbs, rbs):
+        g = mod.ElasticGuider(model)
+        g.set_elastic(64, "per_call", preset="auto", view_batch_size=vbs, ref_batch_size=rbs)
+        g.set_conds(pos, neg)
+        g.set_cfg(7.0)
+        return glue.run_guider(g, model, lat, comfy.samplers.KSAMPLER(mod.sample_elastic_comfy), sigmas, 1)
+
+    calls = model.model.diffusion_model.calls
+    counts = {}
+    for name, args in (("batched", (16, 0)), ("sequential", (1, 1))):
+        del calls[:]
+        run(*args)
+        counts[name] = (len(calls) / (len(sigmas) - 1), sum(c["shape"][0] for c in calls) / (len(sigmas) - 1))
+    t = timed({"batched": lambda: run(16, 0), "sequential": lambda: run(1, 1)}, repeats)
+    n = len(sigmas) - 1
+    print(f"ElasticLatentSampler machinery, {side * 8}x{side * 8} px on a 512-px model (2x), R=10: "
+          f"batched {counts['batched'][0]:.1f} calls / {counts['batched'][1]:.0f} rows per step, "
+          f"{t['batched'][0] / n * 1000:.0f} ms/step; official call pattern {counts['sequential'][0]:.1f} calls / "
+          f"{counts['sequential'][1]:.0f} rows, {t['sequential'][0] / n * 1000:.0f} ms/step; ratio "
+          f"{t['batched'][0] / t['sequential'][0]:.2f} (target <= 0.5 on a GPU)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px)")
-    ap.add_argument("--only", choices=["nested", "split"], default=None)
+    ap.add_argument("--only", choices=["nested", "split", "elastic"], default=None)
     a = ap.parse_args()
     host = load_host()
     if host is None:
@@ -97,6 +130,11 @@ def main():
         bench_nested(host, model, pos, neg, lat, a.repeats)
     if a.only in (None, "split"):
         bench_split(host, model, pos, neg, lat, a.repeats)
+    if a.only in (None, "elastic"):
+        print("(heavy conv net: compute-bound, as a UNet on a CPU)")
+        bench_elastic(host, model, pos, neg, max(3, a.repeats // 3))
+        print("(tiny net: per-call overhead dominates, closer to a GPU running batch-1 calls)")
+        bench_elastic(host, make_model("sd15"), pos, neg, max(3, a.repeats // 3))
 
 
 if __name__ == "__main__":
