@@ -1,6 +1,7 @@
 """Nested Diffusion nodes: NestedSampler (SAMPLER), NestedKSampler (one node), NestedOfficialOuterScheduler."""
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -72,6 +73,11 @@ def sample_nested_comfy(model, x, sigmas, extra_args=None, callback=None, disabl
         fn, opts, discard = nested.sample_dpm_2s_grid, {}, False
     else:
         fn, opts, discard = glue.sampler_function_by_name(inner_sampler, eta=inner_eta)
+    stochastic = "eta" in opts or "ancestral" in inner_sampler or "sde" in inner_sampler
+    if not stochastic and outer_eta == 0 and len(sigmas) > 3:
+        logging.warning(f"NestedSampler: the inner sampler {inner_sampler!r} is deterministic and outer_eta is 0; "
+                        "over many outer steps the result drifts (over-dispersion, nested.md 3.6-3). "
+                        "Use outer_eta > 0 or an ancestral inner sampler.")
     schedule = _inner_schedule(inner_scheduler)
     if schedule in ("official", "official_dpm") and _continuous_timesteps(ms):
         schedule = "normal"

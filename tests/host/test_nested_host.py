@@ -186,3 +186,14 @@ def test_every_inner_schedule_starts_exactly_at_the_outer_sigma(host, sched, kin
         assert bool(torch.all(sig[:-1] > sig[1:])) and len(sig) - 1 >= 3, sig
     out, inter, _ = run_ks(host, model=model, kind=kind, inner_steps=3, inner_scheduler=sched)
     assert torch.isfinite(inter["samples"]).all() and inter["samples"].shape[0] == 3
+
+
+def test_deterministic_inner_without_outer_noise_warns(host, caplog):
+    import logging
+    with caplog.at_level(logging.WARNING):
+        run_ks(host, inner_sampler="dpmpp_2m", outer_eta=0.0, outer_steps=4)
+    assert any("drifts" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        run_ks(host, inner_sampler="euler_ancestral", outer_eta=0.0, outer_steps=4)
+    assert not any("drifts" in r.getMessage() for r in caplog.records)
