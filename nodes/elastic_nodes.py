@@ -334,6 +334,23 @@ def background_latents(model, vae, seed, k=8):
     return None
 
 
+def build_guider(model, positive, negative, cfg, latent_shape, steps, seed, vae, size_cond, **elastic_inputs):
+    """Validate everything, then build the ElasticGuider both nodes use (no model work yet).
+
+    ``set_conds`` rejects unsupported conditioning (ElasticGuider.inner_set_conds) before the
+    options are resolved and the background colours are encoded."""
+    glue.check_float("cfg", cfg, 0.0, 100.0)
+    guider = ElasticGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    base, opts = resolve_options(model, latent_shape, steps, cfg, size_cond=size_cond, **elastic_inputs)
+    bg = background_latents(model, vae, seed)
+    if bg is not None:
+        opts["background"] = bg
+    guider.set_elastic(base, size_cond, **opts)
+    return guider
+
+
 # ------------------------------------------------------------------------------------------
 # nodes
 # ------------------------------------------------------------------------------------------
@@ -372,22 +389,13 @@ class ElasticLatentSampler(io.ComfyNode):
         x = glue.check_latent(latent_image)
         glue.check_int("seed", seed, 0, 0xFFFFFFFFFFFFFFFF)
         glue.check_int("steps", steps, 1, 1000)
-        glue.check_float("cfg", cfg, 0.0, 100.0)
         if latent_image.get("noise_mask") is not None:
             raise ValueError("latent_image has a noise mask (inpainting), which ElasticDiffusion does not support")
-        check_conditioning("positive", positive)
-        check_conditioning("negative", negative)
-        shape = list(x.shape)
-        base, opts = resolve_options(model, shape, steps, cfg, preset, resampling_steps, new_p, rrg_init_weight,
-                                     cosine_scale, rrg_stop_t, repaint, patch_size, view_batch_size, base_resolution,
-                                     size_cond, mode)
-        bg = background_latents(model, vae, seed)
-        if bg is not None:
-            opts["background"] = bg
-        guider = ElasticGuider(model)
-        guider.set_elastic(base, size_cond, **opts)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(cfg)
+        guider = build_guider(model, positive, negative, cfg, list(x.shape), steps, seed, vae, size_cond,
+                              preset=preset, resampling_steps=resampling_steps, new_p=new_p,
+                              rrg_init_weight=rrg_init_weight, cosine_scale=cosine_scale, rrg_stop_t=rrg_stop_t,
+                              repaint=repaint, patch_size=patch_size, view_batch_size=view_batch_size,
+                              base_resolution=base_resolution, mode=mode)
         sigmas = elastic.ddim_uniform_sigmas(glue.model_sampling_of(model), steps)
         callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
         ids = latent_image.get("batch_index")
@@ -421,19 +429,11 @@ class ElasticGuiderNode(io.ComfyNode):
     def execute(cls, model, positive, negative, cfg, preset, resampling_steps, new_p, rrg_init_weight,
                 cosine_scale, rrg_stop_t, repaint, patch_size, view_batch_size, base_resolution, size_cond, mode,
                 vae=None):
-        glue.check_float("cfg", cfg, 0.0, 100.0)
-        check_conditioning("positive", positive)
-        check_conditioning("negative", negative)
-        base, opts = resolve_options(model, None, None, cfg, preset, resampling_steps, new_p, rrg_init_weight,
-                                     cosine_scale, rrg_stop_t, repaint, patch_size, view_batch_size, base_resolution,
-                                     size_cond, mode)
-        bg = background_latents(model, vae, 0)
-        if bg is not None:
-            opts["background"] = bg
-        guider = ElasticGuider(model)
-        guider.set_elastic(base, size_cond, **opts)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(cfg)
+        guider = build_guider(model, positive, negative, cfg, None, None, 0, vae, size_cond, preset=preset,
+                              resampling_steps=resampling_steps, new_p=new_p, rrg_init_weight=rrg_init_weight,
+                              cosine_scale=cosine_scale, rrg_stop_t=rrg_stop_t, repaint=repaint,
+                              patch_size=patch_size, view_batch_size=view_batch_size,
+                              base_resolution=base_resolution, mode=mode)
         return io.NodeOutput(guider)
 
 

@@ -149,18 +149,10 @@ class Previewer:
 # ------------------------------------------------------------------------------------------
 # running a guider (as SamplerCustomAdvanced does)
 # ------------------------------------------------------------------------------------------
-def prepare_latent_and_noise(model, latent: dict, seed: int, add_noise: bool = True):
-    x = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    if add_noise:
-        noise = comfy.sample.prepare_noise(x, seed, latent.get("batch_index"))
-    else:
-        noise = torch.zeros(x.size(), dtype=x.dtype, layout=x.layout, device="cpu")
-    return x, noise
-
-
-def run_guider(guider, model, latent: dict, sampler, sigmas, seed: int, callback=None, add_noise: bool = True):
+def run_guider(guider, model, latent: dict, sampler, sigmas, seed: int, callback=None):
     """Sample with ``guider``/``sampler`` like SamplerCustomAdvanced; returns the output LATENT dict."""
-    x, noise = prepare_latent_and_noise(model, latent, seed, add_noise)
+    x = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(x, seed, latent.get("batch_index"))
     out = guider.sample(noise, x, sampler, sigmas, denoise_mask=latent.get("noise_mask"), callback=callback,
                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     out = out.to(comfy.model_management.intermediate_device())

@@ -7,6 +7,7 @@ import time
 import torch
 
 import comfy.samplers
+import comfy.utils
 from comfy_api.latest import io
 
 from ..samplers import nested
@@ -290,7 +291,7 @@ class NestedKSampler(io.ComfyNode):
         cls.check_inputs(latent_image, seed, outer_steps, inner_steps, cfg, inner_sampler, inner_scheduler,
                      outer_scheduler, denoise, inner_eta, outer_eta, time_budget, switch_at_outer_step,
                      positive_2, negative_2)
-        custom = (lambda ms, n: official_outer(ms, n)) if outer_scheduler == "official_outer" else None
+        custom = official_outer if outer_scheduler == "official_outer" else None
         sigmas = glue.sigmas_with_denoise(model, outer_scheduler, outer_steps, denoise, custom=custom)
 
         guider = NestedGuider(model)
@@ -302,7 +303,7 @@ class NestedKSampler(io.ComfyNode):
         evals = glue.EVALS_PER_STEP.get(inner_sampler, 1)
         total = max(1, outer_steps * inner_steps * evals)
         node_id = None if cls.hidden is None else cls.hidden.unique_id
-        pbar = comfy.utils.ProgressBar(total, node_id=node_id) if node_id is not None else comfy.utils.ProgressBar(total)
+        pbar = comfy.utils.ProgressBar(total, node_id=node_id)
         previewer = glue.Previewer(model)
         state = {"nfe": 0, "total": total}
         intermediates = []

@@ -76,7 +76,6 @@ def sample_split_comfy(model, x, sigmas, extra_args=None, callback=None, disable
         mo = dict(extra_args.get("model_options", {}))
         extra_args["model_options"] = comfy.model_patcher.set_model_options_post_cfg_function(
             mo, probe.post_cfg_function, disable_cfg1_optimization=(split_base == "uncond"))
-        probe.extra_args = extra_args
         options["split_probe"] = probe
     return split.sample_split(proxy, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                               method=method, **options)
@@ -122,6 +121,9 @@ def _split_inputs():
                                "sigma 0, 'denoised' = return the final x0 estimate (ComfyUI ipndm)."),
         io.Float.Input("guidance_scale", default=1.0, min=0.0, max=1000.0, step=0.01,
                        tooltip="Multiplies the displacement of a connected GUIDANCE (split_term = gradient)."),
+        Guidance.Input("guidance", optional=True,
+                       tooltip="Optional gradient guidance (e.g. Split Color Guidance); needs split_term = "
+                               "gradient."),
     ]
 
 
@@ -136,11 +138,7 @@ class SplitSampler(io.ComfyNode):
                         "SamplerCustomAdvanced: high-order multistep on the base field, first-order Euler on the "
                         "guidance term, so guided sampling stays stable at low step counts. Works with CFGGuider "
                         "(the guidance term is read through a post-CFG hook).",
-            inputs=_split_inputs() + [
-                Guidance.Input("guidance", optional=True,
-                               tooltip="Optional gradient guidance (e.g. Split Color Guidance); needs split_term = "
-                                       "gradient."),
-            ],
+            inputs=_split_inputs(),
             outputs=[io.Sampler.Output(tooltip="The split sampler; connect to SamplerCustomAdvanced.")],
         )
 
@@ -261,11 +259,7 @@ class SplitGuidedSampler(io.ComfyNode):
                                tooltip="Step grid: the paper's respaced grid or any ComfyUI scheduler."),
                 io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
                                tooltip="Below 1: img2img / partial denoising, as in KSampler."),
-            ] + _split_inputs() + [
-                Guidance.Input("guidance", optional=True,
-                               tooltip="Optional gradient guidance (e.g. Split Color Guidance); needs split_term = "
-                                       "gradient."),
-            ],
+            ] + _split_inputs(),
             outputs=[io.Latent.Output(tooltip="The sampled latent.")],
         )
 
@@ -280,9 +274,7 @@ class SplitGuidedSampler(io.ComfyNode):
         glue.check_float("denoise", denoise, 0.0, 1.0, lo_open=True, what="in (0, 1]")
         opts = split_options(split_term, split_base, eval_mode, ab_coeffs, final_step, guidance_scale, guidance)
         validate(method, steps, cfg, opts)
-        custom = None
-        if scheduler == "split_respace":
-            custom = lambda ms, n: split.split_respace_sigmas(ms, n)  # noqa: E731
+        custom = split.split_respace_sigmas if scheduler == "split_respace" else None
         sigmas = glue.sigmas_with_denoise(model, scheduler, steps, denoise, custom=custom)
         guider = SplitGuider(model)
         guider.set_conds(positive, negative)

@@ -14,7 +14,7 @@ ComfyUI's own ``model_sampling`` object in the nodes and by this class in tests 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import torch
 
@@ -30,6 +30,7 @@ __all__ = [
     "exponential_sigmas",
     "append_zero",
     "batch_sigma",
+    "check_sigmas",
 ]
 
 
@@ -123,6 +124,21 @@ class FlowSchedule(torch.nn.Module):
         if percent >= 1.0:
             return 0.0
         return float(self.sigma(torch.tensor(1.0 - percent) * self.multiplier))
+
+
+def check_sigmas(sigmas) -> List[float]:
+    """Validate a sampler's SIGMAS (1-D, >= 2 values, finite, > 0 but the last, strictly decreasing);
+    returns them as Python floats.  Raises ValueError naming the problem."""
+    if not isinstance(sigmas, torch.Tensor):
+        sigmas = torch.as_tensor(sigmas)
+    if sigmas.dim() != 1 or sigmas.numel() < 2:
+        raise ValueError(f"sigmas must be a 1-D tensor with at least 2 values; got shape {tuple(sigmas.shape)}")
+    sig = [float(v) for v in sigmas.detach().cpu().to(torch.float64)]
+    if not all(math.isfinite(v) for v in sig) or any(v < 0 for v in sig) or any(v == 0 for v in sig[:-1]):
+        raise ValueError("sigmas must be finite and > 0 (only the last value may be 0)")
+    if any(b >= a for a, b in zip(sig, sig[1:])):
+        raise ValueError("sigmas must be strictly decreasing")
+    return sig
 
 
 def get_ancestral_step(sigma_from, sigma_to, eta: float = 1.0):

@@ -17,11 +17,11 @@ is any k-diffusion-style callable; the schedule object ``ms`` only needs ComfyUI
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Union
 
 import torch
 
-from .common import (ancestral_update, append_zero, batch_sigma, exponential_sigmas, karras_sigmas,
+from .common import (ancestral_update, batch_sigma, check_sigmas, exponential_sigmas, karras_sigmas,
                      make_noise_sampler, sample_euler_ancestral)
 
 __all__ = [
@@ -32,7 +32,6 @@ __all__ = [
     "retarget_sigmas",
     "official_outer_sigmas",
     "sample_dpm_2s_grid",
-    "inner_nfe",
     "validate_nested_options",
 ]
 
@@ -116,42 +115,34 @@ def build_inner_sigmas(ms, s_start: float, steps: int, kind: Union[str, Callable
     """
     s_start = float(s_start)
     k = int(steps) + (1 if discard_penultimate else 0)
-    tail0 = _ms_sigma(ms, 0) if end == "sigma_min" else 0.0
+    tail = _ms_sigma(ms, 0) if end == "sigma_min" else 0.0
+    # Each branch lists sigmas from s_start down to its tail; _finalize pins the first to s_start
+    # exactly, keeps the list strictly decreasing above `tail` and appends `tail`.
     if callable(kind):
-        sig = torch.as_tensor(kind(ms, s_start, k), dtype=torch.float64).clone()
-        sig[0] = s_start
+        sig = torch.as_tensor(kind(ms, s_start, k), dtype=torch.float64)
     elif kind in ("official", "official_dpm"):
         T = int(round(_ms_timestep(ms, s_start)))
-        if kind == "official":
-            n = max(1, min(k, T))
-            ts = [round(float(v)) for v in torch.linspace(1, max(T, 1), n, dtype=torch.float64)][::-1]
-            tail = tail0
-        else:
-            n = max(1, min(k, T))
-            ts = [round(float(v)) for v in torch.linspace(0, max(T, 1), n + 1, dtype=torch.float64)][::-1][:-1]
-            tail = _ms_sigma(ms, 0) if end == "sigma_min" else 0.0
-        sig = [_ms_sigma(ms, t) for t in ts]
-        sig[0] = s_start
-        sig = torch.tensor(sig + [tail], dtype=torch.float64)
+        n = max(1, min(k, T))
+        if kind == "official":        # NestedScheduler: round(linspace(1, T, n)), reversed
+            grid = torch.linspace(1, max(T, 1), n, dtype=torch.float64)
+        else:                         # DPM: round(linspace(0, T, n + 1)) without the 0, reversed
+            grid = torch.linspace(0, max(T, 1), n + 1, dtype=torch.float64)[1:]
+        sig = torch.tensor([_ms_sigma(ms, round(float(t))) for t in grid.flip(0)] + [tail], dtype=torch.float64)
     elif kind == "normal":
         t0 = _ms_timestep(ms, s_start)
         if _ms_sigma(ms, 0) > 0:      # discrete VP-like: K points down to t=0 (sigma_min), then 0, as ComfyUI
             ts = torch.linspace(t0, 0, k, dtype=torch.float64) if k > 1 else torch.tensor([t0], dtype=torch.float64)
         else:                         # flow: sigma(t=0) is already 0, so stop one point earlier
             ts = torch.linspace(t0, 0, k + 1, dtype=torch.float64)[:-1]
-        sig = [_ms_sigma(ms, float(t)) for t in ts]
-        sig[0] = s_start
-        sig = torch.tensor(sig + [0.0], dtype=torch.float64)
+        sig = torch.tensor([_ms_sigma(ms, float(t)) for t in ts] + [0.0], dtype=torch.float64)
     elif kind in ("karras", "exponential"):
         smin = min(float(ms.sigma_min), s_start * 0.5)
         fn = karras_sigmas if kind == "karras" else exponential_sigmas
         sig = fn(k, smin, s_start) if k > 1 else torch.tensor([s_start, 0.0], dtype=torch.float64)
-        sig[0] = s_start
     else:
         raise ValueError(f"inner_scheduler must be one of {INNER_SCHEDULES} or a callable (got {kind!r})")
     if discard_penultimate and len(sig) > 2:
         sig = torch.cat([sig[:-2], sig[-1:]])
-    tail = tail0 if end == "sigma_min" else 0.0
     return _finalize(sig, s_start, tail)
 
 
@@ -164,11 +155,6 @@ def _finalize(sig: torch.Tensor, s_start: float, tail: float) -> torch.Tensor:
     if body[-1] <= tail:          # s_start at or below the parity tail: a single step to 0
         tail = 0.0
     return torch.tensor(body + [tail], dtype=torch.float64)
-
-
-def inner_nfe(sigmas: torch.Tensor, evals_per_step: int = 1) -> int:
-    """Model evaluations of one inner process on ``sigmas`` for a sampler of ``evals_per_step``."""
-    return (len(sigmas) - 1) * evals_per_step
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,13 +210,6 @@ def validate_nested_options(inner_steps: int, inner_eta: float, outer_eta: float
         raise ValueError(f"inner_end must be 'zero' or 'sigma_min' (got {inner_end!r})")
     if not callable(inner_schedule) and inner_schedule not in INNER_SCHEDULES:
         raise ValueError(f"inner_scheduler must be one of {INNER_SCHEDULES} or a callable (got {inner_schedule!r})")
-
-
-def _check_sigmas(sigmas) -> None:
-    if sigmas.ndim != 1 or len(sigmas) < 2:
-        raise ValueError(f"sigmas must be a 1-D list of at least 2 values (got shape {tuple(sigmas.shape)})")
-    if not bool(torch.all(sigmas[:-1] > sigmas[1:])):
-        raise ValueError("sigmas must be strictly decreasing")
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,7 +268,7 @@ def sample_nested(model, x, sigmas, extra_args=None, callback=None, disable=None
     """
     extra_args = {} if extra_args is None else extra_args
     sigmas = torch.as_tensor(sigmas)
-    _check_sigmas(sigmas)
+    check_sigmas(sigmas)
     validate_nested_options(inner_steps, inner_eta, outer_eta, inner_s_noise, outer_s_noise, inner_end,
                             inner_scheduler)
     if model_sampling is None and (not callable(inner_scheduler)):

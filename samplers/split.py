@@ -68,7 +68,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .common import DiscreteSchedule, batch_sigma
+from .common import DiscreteSchedule, batch_sigma, check_sigmas
 from .toy import GaussianMixture
 
 __all__ = [
@@ -639,19 +639,6 @@ def _plms_loop(f: _Fields, x, sig: List[float], cfg: SplitConfig, emit):
     return x
 
 
-def _check_sigmas(sigmas) -> List[float]:
-    if not isinstance(sigmas, torch.Tensor):
-        sigmas = torch.as_tensor(sigmas)
-    if sigmas.dim() != 1 or sigmas.numel() < 2:
-        raise ValueError(f"sigmas must be a 1-D tensor with at least 2 values; got shape {tuple(sigmas.shape)}")
-    sig = [float(v) for v in sigmas.detach().cpu().to(torch.float64)]
-    if not all(math.isfinite(v) for v in sig) or any(v < 0 for v in sig) or any(v == 0 for v in sig[:-1]):
-        raise ValueError("sigmas must be finite and > 0 (only the last value may be 0)")
-    if any(b >= a for a, b in zip(sig, sig[1:])):
-        raise ValueError("sigmas must be strictly decreasing")
-    return sig
-
-
 @torch.no_grad()
 def sample_split(model, x, sigmas, extra_args=None, callback=None, disable=None, method: str = "ltsp4", **options):
     """Operator-splitting guided sampler, k-diffusion contract (spec §4.3, §5.3).
@@ -677,7 +664,7 @@ def sample_split(model, x, sigmas, extra_args=None, callback=None, disable=None,
     every call.  Callback per step: ``{'x', 'i', 'sigma', 'sigma_hat', 'denoised'}`` with x the
     state at the start of step i and denoised the x0 estimate of that step.
     """
-    sig = _check_sigmas(sigmas)
+    sig = check_sigmas(sigmas)
     cfg = validate_split_options(method, len(sig) - 1, model=model, **options)
     extra_args = {} if extra_args is None else extra_args
     in_dtype = x.dtype

@@ -10,7 +10,6 @@ Usage:  .venv/bin/python scripts/bench_elastic.py [--base 32] [--repeats 5] [--t
 The default run takes well under two minutes on 2 CPU cores.  Pure torch, no ComfyUI.
 """
 import argparse
-import math
 import os
 import sys
 import time

@@ -106,12 +106,8 @@ def bench_elastic(host, model, pos, neg, repeats, steps=3, side=128):
           f"{t['batched'][0] / t['sequential'][0]:.2f} (target <= 0.5 on a GPU)")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=9)
-    ap.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px)")
-    ap.add_argument("--only", choices=["nested", "split", "elastic"], default=None)
-    a = ap.parse_args()
+def run(only=None, repeats=9, size=64):
+    """Load the host, build the heavy mock model and run the selected benchmarks (None = all)."""
     host = load_host()
     if host is None:
         return
@@ -123,18 +119,27 @@ def main():
     torch.set_flush_denormal(True)
     model = make_model("sd15", heavy=True)
     pos, neg = make_cond("sd15", 0.7), make_cond("sd15", -0.3)
-    lat = {"samples": torch.zeros(1, 4, a.size, a.size)}
+    lat = {"samples": torch.zeros(1, 4, size, size)}
     print(f"== host timing: ComfyUI {host.version}, CPU, mock SD1.5-like model (heavy conv net), latent "
-          f"1x4x{a.size}x{a.size}, cfg 5, median of {a.repeats} interleaved runs ==")
-    if a.only in (None, "nested"):
-        bench_nested(host, model, pos, neg, lat, a.repeats)
-    if a.only in (None, "split"):
-        bench_split(host, model, pos, neg, lat, a.repeats)
-    if a.only in (None, "elastic"):
+          f"1x4x{size}x{size}, cfg 5, median of {repeats} interleaved runs ==")
+    if only in (None, "nested"):
+        bench_nested(host, model, pos, neg, lat, repeats)
+    if only in (None, "split"):
+        bench_split(host, model, pos, neg, lat, repeats)
+    if only in (None, "elastic"):
         print("(heavy conv net: compute-bound, as a UNet on a CPU)")
-        bench_elastic(host, model, pos, neg, max(3, a.repeats // 3))
+        bench_elastic(host, model, pos, neg, max(3, repeats // 3))
         print("(tiny net: per-call overhead dominates, closer to a GPU running batch-1 calls)")
-        bench_elastic(host, make_model("sd15"), pos, neg, max(3, a.repeats // 3))
+        bench_elastic(host, make_model("sd15"), pos, neg, max(3, repeats // 3))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px)")
+    ap.add_argument("--only", choices=["nested", "split", "elastic"], default=None)
+    a = ap.parse_args()
+    run(a.only, a.repeats, a.size)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ import argparse
 import os
 import sys
 
-import torch
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from demo import anytime_curve  # noqa: E402
@@ -30,22 +28,6 @@ def toy_curve():
         print(f"   first estimate {fdp[0] / fdn[0]:.1f}x closer; final {fdn[-1]:.3f} vs plain final {fdp[-1]:.3f}")
 
 
-def host_timing(repeats, size):
-    import bench_host
-    host = bench_host.load_host()
-    if host is None:
-        return
-    import comfy.utils
-    from mock_models import make_cond, make_model
-    comfy.utils.PROGRESS_BAR_ENABLED = False
-    torch.set_flush_denormal(True)        # value-independent mock cost (see bench_host.py)
-    model = make_model("sd15", heavy=True)
-    print(f"== host timing: ComfyUI {host.version}, CPU, mock SD1.5-like model (heavy conv net), latent "
-          f"1x4x{size}x{size}, cfg 5, median of {repeats} interleaved runs ==")
-    bench_host.bench_nested(host, model, make_cond("sd15", 0.7), make_cond("sd15", -0.3),
-                            {"samples": torch.zeros(1, 4, size, size)}, repeats)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=9)
@@ -56,7 +38,8 @@ def main():
     if not a.skip_toy:
         toy_curve()
     if not a.skip_host:
-        host_timing(a.repeats, a.size)
+        import bench_host
+        bench_host.run("nested", a.repeats, a.size)
 
 
 if __name__ == "__main__":

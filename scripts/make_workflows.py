@@ -22,63 +22,54 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 L = lambda node, slot: ("link", node, slot)  # noqa: E731
 
 
+def text_to_image(kind, method, prompt, width, height, sampler_type, sampler_inputs):
+    """Checkpoint -> prompts -> empty latent -> node 5 (the pack's sampler) -> VAE decode -> save."""
+    ckpt = "v1-5-pruned-emaonly-fp16.safetensors" if kind == "sd15" else "sd_xl_base_1.0.safetensors"
+    return {
+        1: ("CheckpointLoaderSimple", {"ckpt_name": ckpt}),
+        2: ("CLIPTextEncode", {"text": prompt, "clip": L(1, 1)}),
+        3: ("CLIPTextEncode", {"text": "blurry, low quality, watermark", "clip": L(1, 1)}),
+        4: ("EmptyLatentImage", {"width": width, "height": height, "batch_size": 1}),
+        5: (sampler_type, {"model": L(1, 0), "positive": L(2, 0), "negative": L(3, 0), "latent_image": L(4, 0),
+                           **sampler_inputs}),
+        6: ("VAEDecode", {"samples": L(5, 0), "vae": L(1, 2)}),
+        7: ("SaveImage", {"images": L(6, 0), "filename_prefix": f"{method}_{kind}"}),
+    }
+
+
 def nested_graph(kind):
     sd15 = kind == "sd15"
-    return {
-        1: ("CheckpointLoaderSimple", {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors" if sd15
-                                       else "sd_xl_base_1.0.safetensors"}),
-        2: ("CLIPTextEncode", {"text": "a photograph of a nest with a blue egg inside", "clip": L(1, 1)}),
-        3: ("CLIPTextEncode", {"text": "blurry, low quality, watermark", "clip": L(1, 1)}),
-        4: ("EmptyLatentImage", {"width": 512 if sd15 else 1024, "height": 512 if sd15 else 1024, "batch_size": 1}),
-        5: ("NestedKSampler", {"model": L(1, 0), "positive": L(2, 0), "negative": L(3, 0), "latent_image": L(4, 0),
-                               "seed": 24, "outer_steps": 5, "inner_steps": 8, "cfg": 7.5 if sd15 else 7.0,
-                               "inner_sampler": "euler_ancestral", "inner_scheduler": "official",
-                               "outer_scheduler": "official_outer", "denoise": 1.0, "inner_eta": 0.85,
-                               "outer_eta": 1.0, "time_budget": 0.0, "switch_at_outer_step": 0}),
-        6: ("VAEDecode", {"samples": L(5, 0), "vae": L(1, 2)}),
-        7: ("SaveImage", {"images": L(6, 0), "filename_prefix": f"nested_{kind}"}),
-        8: ("VAEDecode", {"samples": L(5, 1), "vae": L(1, 2)}),
-        9: ("PreviewImage", {"images": L(8, 0)}),
-    }
+    graph = text_to_image(kind, "nested", "a photograph of a nest with a blue egg inside", 512 if sd15 else 1024,
+                          512 if sd15 else 1024, "NestedKSampler", {
+                              "seed": 24, "outer_steps": 5, "inner_steps": 8, "cfg": 7.5 if sd15 else 7.0,
+                              "inner_sampler": "euler_ancestral", "inner_scheduler": "official",
+                              "outer_scheduler": "official_outer", "denoise": 1.0, "inner_eta": 0.85,
+                              "outer_eta": 1.0, "time_budget": 0.0, "switch_at_outer_step": 0})
+    graph[8] = ("VAEDecode", {"samples": L(5, 1), "vae": L(1, 2)})      # the anytime strip
+    graph[9] = ("PreviewImage", {"images": L(8, 0)})
+    return graph
 
 
 def split_graph(kind):
     sd15 = kind == "sd15"
-    return {
-        1: ("CheckpointLoaderSimple", {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors" if sd15
-                                       else "sd_xl_base_1.0.safetensors"}),
-        2: ("CLIPTextEncode", {"text": "a red apple on a wooden table, studio light", "clip": L(1, 1)}),
-        3: ("CLIPTextEncode", {"text": "blurry, low quality, watermark", "clip": L(1, 1)}),
-        4: ("EmptyLatentImage", {"width": 512 if sd15 else 1024, "height": 512 if sd15 else 1024, "batch_size": 1}),
-        5: ("SplitGuidedSampler", {"model": L(1, 0), "positive": L(2, 0), "negative": L(3, 0),
-                                   "latent_image": L(4, 0), "seed": 7, "steps": 15, "cfg": 9.0 if sd15 else 8.0,
-                                   "scheduler": "split_respace", "denoise": 1.0, "method": "ltsp4",
-                                   "split_term": "cfg_delta", "split_base": "cond", "eval_mode": "auto",
-                                   "ab_coeffs": "fixed", "final_step": "auto", "guidance_scale": 1.0}),
-        6: ("VAEDecode", {"samples": L(5, 0), "vae": L(1, 2)}),
-        7: ("SaveImage", {"images": L(6, 0), "filename_prefix": f"split_{kind}"}),
-    }
+    return text_to_image(kind, "split", "a red apple on a wooden table, studio light", 512 if sd15 else 1024,
+                         512 if sd15 else 1024, "SplitGuidedSampler", {
+                             "seed": 7, "steps": 15, "cfg": 9.0 if sd15 else 8.0, "scheduler": "split_respace",
+                             "denoise": 1.0, "method": "ltsp4", "split_term": "cfg_delta", "split_base": "cond",
+                             "eval_mode": "auto", "ab_coeffs": "fixed", "final_step": "auto",
+                             "guidance_scale": 1.0})
 
 
 def elastic_graph(kind):
     sd15 = kind == "sd15"
-    return {
-        1: ("CheckpointLoaderSimple", {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors" if sd15
-                                       else "sd_xl_base_1.0.safetensors"}),
-        2: ("CLIPTextEncode", {"text": "a panoramic photo of a mountain lake at sunrise, one lone boat" if sd15
-                               else "an astronaut riding a horse on the moon, detailed, photograph",
-                               "clip": L(1, 1)}),
-        3: ("CLIPTextEncode", {"text": "blurry, low quality, watermark", "clip": L(1, 1)}),
-        4: ("EmptyLatentImage", {"width": 1024 if sd15 else 2048, "height": 512 if sd15 else 2048, "batch_size": 1}),
-        5: ("ElasticLatentSampler", {"model": L(1, 0), "positive": L(2, 0), "negative": L(3, 0),
-                                     "latent_image": L(4, 0), "vae": L(1, 2), "seed": 11, "steps": 30, "cfg": 10.0,
-                                     "preset": "auto", "resampling_steps": -1, "new_p": 0.3, "rrg_init_weight": -1.0,
-                                     "cosine_scale": 10.0, "rrg_stop_t": 0.4, "repaint": True, "patch_size": 0,
-                                     "view_batch_size": 16, "base_resolution": 0, "size_cond": "per_call",
-                                     "mode": "clean"}),
-        6: ("VAEDecode", {"samples": L(5, 0), "vae": L(1, 2)}),
-        7: ("SaveImage", {"images": L(6, 0), "filename_prefix": f"elastic_{kind}"}),
-    }
+    prompt = ("a panoramic photo of a mountain lake at sunrise, one lone boat" if sd15
+              else "an astronaut riding a horse on the moon, detailed, photograph")
+    return text_to_image(kind, "elastic", prompt, 1024 if sd15 else 2048, 512 if sd15 else 2048,
+                         "ElasticLatentSampler", {
+                             "vae": L(1, 2), "seed": 11, "steps": 30, "cfg": 10.0, "preset": "auto",
+                             "resampling_steps": -1, "new_p": 0.3, "rrg_init_weight": -1.0, "cosine_scale": 10.0,
+                             "rrg_stop_t": 0.4, "repaint": True, "patch_size": 0, "view_batch_size": 16,
+                             "base_resolution": 0, "size_cond": "per_call", "mode": "clean"})
 
 
 GRAPHS = {

@@ -7,7 +7,7 @@ import torch
 from nse.samplers import nested
 from nse.samplers.common import (DiscreteSchedule, FlowSchedule, make_noise_sampler, sample_euler,
                                  sample_euler_ancestral)
-from nse.samplers.toy import GaussianMixture, ToyDenoiser, ToyWorld, frechet_distance, spec_mixture_16d
+from nse.samplers.toy import ToyDenoiser, ToyWorld, frechet_distance, spec_mixture_16d
 
 import official_nested_replica as official
 
@@ -173,8 +173,7 @@ def test_output_contract_and_chaining():
     assert len(previews2) == 5
     for a, b in zip(previews, previews2):
         assert torch.equal(a, b)
-    s4, s5 = sigmas[4], sigmas[5]
-    # x5 = x0 + (s5/s4)(x4 - x0): the re-projection of the last estimate
+    # the state after the last outer update (re-projection of the last estimate to sigmas[5]), not the estimate
     assert torch.isfinite(part).all() and not torch.equal(part, previews2[-1])
 
 

@@ -119,3 +119,27 @@ def mock_api_workflow(prompt, kind):
             node["class_type"] = "PreviewImage"
             inputs.pop("filename_prefix", None)
     return p
+
+
+def custom_advanced_prompt(guider, sampler, sigmas, width=64, height=64, text="a nest"):
+    """A mock-model API prompt around core SamplerCustomAdvanced.
+
+    ``guider``/``sampler``/``sigmas`` are ``(class_type, inputs)``; inputs may link to the mock
+    checkpoint's MODEL ``["1", 0]`` and the prompts ``["2", 0]`` (positive) / ``["3", 0]`` (negative).
+    The output image is node "11".
+    """
+    return {
+        "1": {"class_type": "NSETestMockCheckpoint", "inputs": {"ckpt_name": "x", "kind": "sd15"}},
+        "2": {"class_type": "NSETestMockTextEncode", "inputs": {"text": text, "clip": ["1", 1]}},
+        "3": {"class_type": "NSETestMockTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": guider[0], "inputs": guider[1]},
+        "5": {"class_type": sampler[0], "inputs": sampler[1]},
+        "6": {"class_type": sigmas[0], "inputs": sigmas[1]},
+        "7": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
+        "8": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
+        "9": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["7", 0], "guider": ["4", 0],
+                                                                "sampler": ["5", 0], "sigmas": ["6", 0],
+                                                                "latent_image": ["8", 0]}},
+        "10": {"class_type": "NSETestMockVAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
+        "11": {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}},
+    }

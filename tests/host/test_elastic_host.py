@@ -79,26 +79,15 @@ def test_at_base_size_no_work_is_duplicated(host):
 
 
 def test_elastic_guider_under_sampler_custom_advanced(host):
-    prompt = {
-        "1": {"class_type": "NSETestMockCheckpoint", "inputs": {"ckpt_name": "x", "kind": "sd15"}},
-        "2": {"class_type": "NSETestMockTextEncode", "inputs": {"text": "a wide valley", "clip": ["1", 1]}},
-        "3": {"class_type": "NSETestMockTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-        "4": {"class_type": "ElasticGuider", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "cfg": 6.0, "preset": "auto",
-            "resampling_steps": -1, "new_p": 0.3, "rrg_init_weight": -1.0, "cosine_scale": 10.0, "rrg_stop_t": 0.4,
-            "repaint": True, "patch_size": 0, "view_batch_size": 8, "base_resolution": 0, "size_cond": "per_call",
-            "mode": "clean"}},
-        "5": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "6": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 3,
-                                                         "denoise": 1.0}},
-        "7": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
-        "8": {"class_type": "EmptyLatentImage", "inputs": {"width": 1024, "height": 512, "batch_size": 1}},
-        "9": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["7", 0], "guider": ["4", 0],
-                                                                "sampler": ["5", 0], "sigmas": ["6", 0],
-                                                                "latent_image": ["8", 0]}},
-        "10": {"class_type": "NSETestMockVAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
-        "11": {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}},
-    }
+    from comfy_host import custom_advanced_prompt
+    prompt = custom_advanced_prompt(
+        ("ElasticGuider", {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "cfg": 6.0,
+                           "preset": "auto", "resampling_steps": -1, "new_p": 0.3, "rrg_init_weight": -1.0,
+                           "cosine_scale": 10.0, "rrg_stop_t": 0.4, "repaint": True, "patch_size": 0,
+                           "view_batch_size": 8, "base_resolution": 0, "size_cond": "per_call", "mode": "clean"}),
+        ("KSamplerSelect", {"sampler_name": "euler"}),
+        ("BasicScheduler", {"model": ["1", 0], "scheduler": "normal", "steps": 3, "denoise": 1.0}),
+        width=1024, height=512, text="a wide valley")
     ex, server = host.run_prompt(prompt)
     assert ex.success, [m for m in server.messages if m[0] == "execution_error"]
 

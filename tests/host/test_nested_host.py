@@ -134,24 +134,12 @@ def test_bad_input_is_rejected_before_model_work(host, kw, msg):
 
 
 def test_nested_sampler_under_sampler_custom_advanced(host):
-    prompt = {
-        "1": {"class_type": "NSETestMockCheckpoint", "inputs": {"ckpt_name": "x", "kind": "sd15"}},
-        "2": {"class_type": "NSETestMockTextEncode", "inputs": {"text": "a nest", "clip": ["1", 1]}},
-        "3": {"class_type": "NSETestMockTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-        "4": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
-                                                    "cfg": 4.0}},
-        "5": {"class_type": "NestedSampler", "inputs": {"inner_sampler": "dpmpp_2m", "inner_steps": 3,
-                                                        "inner_scheduler": "karras", "inner_eta": 0.85,
-                                                        "outer_eta": 1.0, "inner_end": "zero"}},
-        "6": {"class_type": "NestedOfficialOuterScheduler", "inputs": {"model": ["1", 0], "steps": 3}},
-        "7": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
-        "8": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "9": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["7", 0], "guider": ["4", 0],
-                                                                "sampler": ["5", 0], "sigmas": ["6", 0],
-                                                                "latent_image": ["8", 0]}},
-        "10": {"class_type": "NSETestMockVAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
-        "11": {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}},
-    }
+    from comfy_host import custom_advanced_prompt
+    prompt = custom_advanced_prompt(
+        ("CFGGuider", {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "cfg": 4.0}),
+        ("NestedSampler", {"inner_sampler": "dpmpp_2m", "inner_steps": 3, "inner_scheduler": "karras",
+                           "inner_eta": 0.85, "outer_eta": 1.0, "inner_end": "zero"}),
+        ("NestedOfficialOuterScheduler", {"model": ["1", 0], "steps": 3}))
     ex, server = host.run_prompt(prompt)
     assert ex.success, server.messages[-3:]
     assert "11" in ex.history_result["outputs"]
