@@ -45,15 +45,6 @@ def _inner_schedule(name: str):
     return schedule
 
 
-def _continuous_timesteps(ms) -> bool:
-    """True for schedules whose timesteps are not ~1000 discrete steps (e.g. Flux), where the
-    official integer-timestep inner grid degenerates; those use the ``normal`` grid instead."""
-    try:
-        return float(ms.timestep(torch.tensor(float(ms.sigma_max)))) < 100
-    except Exception:
-        return True
-
-
 def validate_sampler_options(inner_sampler, inner_steps, inner_scheduler, inner_eta, outer_eta,
                              inner_end="zero"):
     glue.check_choice("inner_sampler", inner_sampler, inner_sampler_names())
@@ -80,8 +71,6 @@ def sample_nested_comfy(model, x, sigmas, extra_args=None, callback=None, disabl
                         "over many outer steps the result drifts (over-dispersion, nested.md 3.6-3). "
                         "Use outer_eta > 0 or an ancestral inner sampler.")
     schedule = _inner_schedule(inner_scheduler)
-    if schedule in ("official", "official_dpm") and _continuous_timesteps(ms):
-        schedule = "normal"
     proxy = glue.ModelProxy(model, on_model_call)
     return nested.sample_nested(proxy, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                                 model_sampling=ms, inner_sampler=fn, inner_options=opts, inner_steps=inner_steps,
@@ -187,15 +176,7 @@ class NestedOfficialOuterScheduler(io.ComfyNode):
     @classmethod
     def execute(cls, model, steps):
         glue.check_int("steps", steps, 1, 1000)
-        return io.NodeOutput(official_outer(glue.model_sampling_of(model), steps).float())
-
-
-def official_outer(ms, steps):
-    if _continuous_timesteps(ms):
-        ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-        return torch.tensor([float(ms.percent_to_sigma(1.0 - float(t))) if t < 1 else float(ms.sigma_max)
-                             for t in ts[:-1]] + [0.0], dtype=torch.float64)
-    return nested.official_outer_sigmas(ms, steps)
+        return io.NodeOutput(nested.official_outer_sigmas(glue.model_sampling_of(model), steps).float())
 
 
 class NestedKSampler(io.ComfyNode):
@@ -291,7 +272,7 @@ class NestedKSampler(io.ComfyNode):
         cls.check_inputs(latent_image, seed, outer_steps, inner_steps, cfg, inner_sampler, inner_scheduler,
                      outer_scheduler, denoise, inner_eta, outer_eta, time_budget, switch_at_outer_step,
                      positive_2, negative_2)
-        custom = official_outer if outer_scheduler == "official_outer" else None
+        custom = nested.official_outer_sigmas if outer_scheduler == "official_outer" else None
         sigmas = glue.sigmas_with_denoise(model, outer_scheduler, outer_steps, denoise, custom=custom)
 
         guider = NestedGuider(model)

@@ -31,6 +31,7 @@ __all__ = [
     "build_inner_sigmas",
     "retarget_sigmas",
     "official_outer_sigmas",
+    "continuous_timesteps",
     "sample_dpm_2s_grid",
     "validate_nested_options",
 ]
@@ -72,13 +73,27 @@ def _ms_timestep(ms, sigma: float) -> float:
     return 0.5 * (lo + hi)
 
 
+def continuous_timesteps(ms) -> bool:
+    """True for schedules whose timesteps are not ~1000 discrete steps (e.g. Flux, t in [0, 1]),
+    where the official integer-timestep grids degenerate."""
+    try:
+        return float(ms.timestep(torch.tensor(float(ms.sigma_max)))) < 100
+    except Exception:
+        return True
+
+
 def official_outer_sigmas(ms, n: int, timesteps: int = 1000) -> torch.Tensor:
     """The official outer grid (nested.md §3.4): sigma(t_k), t_k = round(1 + 998 (N-k)/N), k < N, then 0.
 
-    The official code's unused final target t = 1 is replaced by 0.
+    The official code's unused final target t = 1 is replaced by 0.  On continuous-time schedules
+    the same fractions of the schedule are used (``percent_to_sigma``).
     """
     if n < 1:
         raise ValueError(f"steps must be >= 1 (got {n})")
+    if continuous_timesteps(ms):
+        ts = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)
+        return torch.tensor([float(ms.percent_to_sigma(1.0 - float(t))) if t < 1 else float(ms.sigma_max)
+                             for t in ts[:-1]] + [0.0], dtype=torch.float64)
     last = timesteps - 1
     ts = [round(1 + (last - 1) * (n - k) / n) for k in range(n)]
     return torch.tensor([_ms_sigma(ms, t) for t in ts] + [0.0], dtype=torch.float64)
@@ -120,6 +135,8 @@ def build_inner_sigmas(ms, s_start: float, steps: int, kind: Union[str, Callable
     # exactly, keeps the list strictly decreasing above `tail` and appends `tail`.
     if callable(kind):
         sig = torch.as_tensor(kind(ms, s_start, k), dtype=torch.float64)
+    elif kind in ("official", "official_dpm") and continuous_timesteps(ms):
+        return build_inner_sigmas(ms, s_start, steps, "normal", end, discard_penultimate)
     elif kind in ("official", "official_dpm"):
         T = int(round(_ms_timestep(ms, s_start)))
         n = max(1, min(k, T))

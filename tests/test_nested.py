@@ -311,3 +311,13 @@ def test_flow_inner_schedules_make_exactly_k_steps(kind):
     for s in (1.0, 0.6, 0.1):
         sig = nested.build_inner_sigmas(fs, s, 4, kind)
         assert len(sig) == 5 and float(sig[0]) == s and float(sig[-1]) == 0.0
+
+
+def test_continuous_time_schedules_use_fractions_of_the_schedule():
+    fs = FlowSchedule(shift=1.15, multiplier=1.0)            # Flux-like: timesteps in [0, 1]
+    assert nested.continuous_timesteps(fs) and not nested.continuous_timesteps(MS)
+    outer = nested.official_outer_sigmas(fs, 5)
+    assert float(outer[0]) == float(fs.sigma_max) and float(outer[-1]) == 0.0 and len(outer) == 6
+    assert bool(torch.all(outer[:-1] > outer[1:]))
+    for s in outer[:-1].tolist():
+        assert torch.equal(nested.build_inner_sigmas(fs, s, 4, "official"), nested.build_inner_sigmas(fs, s, 4, "normal"))

@@ -168,7 +168,7 @@ def test_every_inner_schedule_starts_exactly_at_the_outer_sigma(host, sched, kin
     nested = host.pack_module("samplers.nested")
     model = make_model(kind)
     ms = model.get_model_object("model_sampling")
-    for s in node.official_outer(ms, 6)[:-1].tolist():
+    for s in nested.official_outer_sigmas(ms, 6)[:-1].tolist():
         sig = nested.build_inner_sigmas(ms, s, 4, node._inner_schedule(sched))
         assert float(sig[0]) == s and float(sig[-1]) == 0.0
         assert bool(torch.all(sig[:-1] > sig[1:])) and len(sig) - 1 >= 3, sig
