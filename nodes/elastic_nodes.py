@@ -16,7 +16,7 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..samplers import elastic
-from . import glue
+from . import sampling
 
 CATEGORY = "sampling/elastic"
 SIZE_COND = ["per_call", "official_4x", "target", "keep"]
@@ -51,7 +51,7 @@ def detect_base_px(model) -> int:
 
 
 def check_model(model):
-    ms = glue.model_sampling_of(model)
+    ms = sampling.model_sampling_of(model)
     if isinstance(ms, comfy.model_sampling.CONST):
         raise ValueError("model: ElasticDiffusion supports EPS and v-prediction models (SD1.x, SD2.x, SDXL); this "
                          "is a rectified-flow model (SD3/Flux), whose noise model the method does not cover")
@@ -294,8 +294,8 @@ def resolve_options(model, latent_shape, steps, cfg, preset, resampling_steps, n
                     mode):
     """(base latent px, options) after validating every input; raises ValueError before model work."""
     check_model(model)
-    glue.check_choice("size_cond", size_cond, SIZE_COND)
-    glue.check_int("base_resolution", base_resolution, 0)
+    sampling.check_choice("size_cond", size_cond, SIZE_COND)
+    sampling.check_int("base_resolution", base_resolution, 0)
     base_px = base_resolution or detect_base_px(model)
     if base_px % 8:
         raise ValueError(f"base_resolution must be a multiple of 8 pixels (got {base_px})")
@@ -339,7 +339,7 @@ def build_guider(model, positive, negative, cfg, latent_shape, steps, seed, vae,
 
     ``set_conds`` rejects unsupported conditioning (ElasticGuider.inner_set_conds) before the
     options are resolved and the background colours are encoded."""
-    glue.check_float("cfg", cfg, 0.0, 100.0)
+    sampling.check_float("cfg", cfg, 0.0, 100.0)
     guider = ElasticGuider(model)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
@@ -386,9 +386,9 @@ class ElasticLatentSampler(io.ComfyNode):
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, preset, resampling_steps, new_p,
                 rrg_init_weight, cosine_scale, rrg_stop_t, repaint, patch_size, view_batch_size,
                 base_resolution, size_cond, mode, vae=None):
-        x = glue.check_latent(latent_image)
-        glue.check_int("seed", seed, 0, 0xFFFFFFFFFFFFFFFF)
-        glue.check_int("steps", steps, 1, 1000)
+        x = sampling.check_latent(latent_image)
+        sampling.check_int("seed", seed, 0, 0xFFFFFFFFFFFFFFFF)
+        sampling.check_int("steps", steps, 1, 1000)
         if latent_image.get("noise_mask") is not None:
             raise ValueError("latent_image has a noise mask (inpainting), which ElasticDiffusion does not support")
         guider = build_guider(model, positive, negative, cfg, list(x.shape), steps, seed, vae, size_cond,
@@ -396,12 +396,12 @@ class ElasticLatentSampler(io.ComfyNode):
                               rrg_init_weight=rrg_init_weight, cosine_scale=cosine_scale, rrg_stop_t=rrg_stop_t,
                               repaint=repaint, patch_size=patch_size, view_batch_size=view_batch_size,
                               base_resolution=base_resolution, mode=mode)
-        sigmas = elastic.ddim_uniform_sigmas(glue.model_sampling_of(model), steps)
+        sigmas = elastic.ddim_uniform_sigmas(sampling.model_sampling_of(model), steps)
         callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
         ids = latent_image.get("batch_index")
         sampler = comfy.samplers.KSAMPLER(sample_elastic_comfy, extra_options={} if ids is None else {
             "sample_ids": list(ids)})      # as prepare_noise does: sample b alone == sample b of the batch
-        return io.NodeOutput(glue.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=callback))
+        return io.NodeOutput(sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=callback))
 
 
 class ElasticGuiderNode(io.ComfyNode):

@@ -11,7 +11,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..samplers import nested
-from . import glue
+from . import sampling
 
 CATEGORY = "sampling/nested"
 OFFICIAL_DPM = "official_dpm_2s_grid"
@@ -47,12 +47,12 @@ def _inner_schedule(name: str):
 
 def validate_sampler_options(inner_sampler, inner_steps, inner_scheduler, inner_eta, outer_eta,
                              inner_end="zero"):
-    glue.check_choice("inner_sampler", inner_sampler, inner_sampler_names())
-    glue.check_int("inner_steps", inner_steps, 1, 10000)
-    glue.check_choice("inner_scheduler", inner_scheduler, inner_scheduler_names())
-    glue.check_float("inner_eta", inner_eta, 0.0, 100.0)
-    glue.check_float("outer_eta", outer_eta, 0.0, 100.0)
-    glue.check_choice("inner_end", inner_end, ["zero", "sigma_min"])
+    sampling.check_choice("inner_sampler", inner_sampler, inner_sampler_names())
+    sampling.check_int("inner_steps", inner_steps, 1, 10000)
+    sampling.check_choice("inner_scheduler", inner_scheduler, inner_scheduler_names())
+    sampling.check_float("inner_eta", inner_eta, 0.0, 100.0)
+    sampling.check_float("outer_eta", outer_eta, 0.0, 100.0)
+    sampling.check_choice("inner_end", inner_end, ["zero", "sigma_min"])
 
 
 def sample_nested_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
@@ -60,18 +60,18 @@ def sample_nested_comfy(model, x, sigmas, extra_args=None, callback=None, disabl
                         inner_eta=0.85, outer_eta=1.0, inner_end="zero", on_model_call=None, should_stop=None):
     """The k-diffusion function behind the SAMPLER: resolves ComfyUI pieces, then runs sample_nested."""
     ms = model.inner_model.model_patcher.get_model_object("model_sampling")
-    rf = glue.is_rectified_flow(ms)
+    rf = sampling.is_rectified_flow(ms)
     if inner_sampler == OFFICIAL_DPM:
         fn, opts, discard = nested.sample_dpm_2s_grid, {}, False
     else:
-        fn, opts, discard = glue.sampler_function_by_name(inner_sampler, eta=inner_eta)
+        fn, opts, discard = sampling.sampler_function_by_name(inner_sampler, eta=inner_eta)
     stochastic = "eta" in opts or "ancestral" in inner_sampler or "sde" in inner_sampler
     if not stochastic and outer_eta == 0 and len(sigmas) > 3:
         logging.warning(f"NestedSampler: the inner sampler {inner_sampler!r} is deterministic and outer_eta is 0; "
                         "over many outer steps the result drifts (over-dispersion, nested.md 3.6-3). "
                         "Use outer_eta > 0 or an ancestral inner sampler.")
     schedule = _inner_schedule(inner_scheduler)
-    proxy = glue.ModelProxy(model, on_model_call)
+    proxy = sampling.ModelProxy(model, on_model_call)
     return nested.sample_nested(proxy, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                                 model_sampling=ms, inner_sampler=fn, inner_options=opts, inner_steps=inner_steps,
                                 inner_scheduler=schedule, inner_eta=inner_eta, outer_eta=outer_eta,
@@ -175,8 +175,8 @@ class NestedOfficialOuterScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, steps):
-        glue.check_int("steps", steps, 1, 1000)
-        return io.NodeOutput(nested.official_outer_sigmas(glue.model_sampling_of(model), steps).float())
+        sampling.check_int("steps", steps, 1, 1000)
+        return io.NodeOutput(nested.official_outer_sigmas(sampling.model_sampling_of(model), steps).float())
 
 
 class NestedKSampler(io.ComfyNode):
@@ -245,15 +245,15 @@ class NestedKSampler(io.ComfyNode):
     def check_inputs(cls, latent_image, seed, outer_steps, inner_steps, cfg, inner_sampler, inner_scheduler,
                  outer_scheduler, denoise, inner_eta, outer_eta, time_budget, switch_at_outer_step,
                  positive_2=None, negative_2=None):
-        glue.check_latent(latent_image)
-        glue.check_int("seed", seed, 0, 0xFFFFFFFFFFFFFFFF)
-        glue.check_int("outer_steps", outer_steps, 1, 1000)
-        glue.check_float("cfg", cfg, 0.0, 100.0)
-        glue.check_choice("outer_scheduler", outer_scheduler, outer_scheduler_names())
-        glue.check_float("denoise", denoise, 0.0, 1.0, lo_open=True, what="in (0, 1]")
-        glue.check_float("time_budget", time_budget, 0.0, what=">= 0 seconds (0 = off)")
+        sampling.check_latent(latent_image)
+        sampling.check_int("seed", seed, 0, 0xFFFFFFFFFFFFFFFF)
+        sampling.check_int("outer_steps", outer_steps, 1, 1000)
+        sampling.check_float("cfg", cfg, 0.0, 100.0)
+        sampling.check_choice("outer_scheduler", outer_scheduler, outer_scheduler_names())
+        sampling.check_float("denoise", denoise, 0.0, 1.0, lo_open=True, what="in (0, 1]")
+        sampling.check_float("time_budget", time_budget, 0.0, what=">= 0 seconds (0 = off)")
         validate_sampler_options(inner_sampler, inner_steps, inner_scheduler, inner_eta, outer_eta)
-        glue.check_int("switch_at_outer_step", switch_at_outer_step, 0)
+        sampling.check_int("switch_at_outer_step", switch_at_outer_step, 0)
         if positive_2 is None and negative_2 is not None:
             raise ValueError("negative_2 is connected but positive_2 is not; connect positive_2 too")
         if positive_2 is not None:
@@ -273,7 +273,7 @@ class NestedKSampler(io.ComfyNode):
                      outer_scheduler, denoise, inner_eta, outer_eta, time_budget, switch_at_outer_step,
                      positive_2, negative_2)
         custom = nested.official_outer_sigmas if outer_scheduler == "official_outer" else None
-        sigmas = glue.sigmas_with_denoise(model, outer_scheduler, outer_steps, denoise, custom=custom)
+        sigmas = sampling.sigmas_with_denoise(model, outer_scheduler, outer_steps, denoise, custom=custom)
 
         guider = NestedGuider(model)
         guider.set_conds(positive, negative)
@@ -281,11 +281,11 @@ class NestedKSampler(io.ComfyNode):
         if positive_2 is not None:
             guider.set_switch(positive_2, negative_2 if negative_2 is not None else negative, switch_at_outer_step)
 
-        evals = glue.EVALS_PER_STEP.get(inner_sampler, 1)
+        evals = sampling.EVALS_PER_STEP.get(inner_sampler, 1)
         total = max(1, outer_steps * inner_steps * evals)
         node_id = None if cls.hidden is None else cls.hidden.unique_id
         pbar = comfy.utils.ProgressBar(total, node_id=node_id)
-        previewer = glue.Previewer(model)
+        previewer = sampling.Previewer(model)
         state = {"nfe": 0, "total": total}
         intermediates = []
 
@@ -305,8 +305,8 @@ class NestedKSampler(io.ComfyNode):
         sampler = comfy.samplers.KSAMPLER(sample_nested_comfy, extra_options=dict(
             inner_sampler=inner_sampler, inner_steps=inner_steps, inner_scheduler=inner_scheduler,
             inner_eta=inner_eta, outer_eta=outer_eta, on_model_call=on_model_call, should_stop=should_stop))
-        out = glue.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=callback)
-        inter = {"samples": glue.process_out(model, torch.cat(intermediates, dim=0))}
+        out = sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=callback)
+        inter = {"samples": sampling.process_out(model, torch.cat(intermediates, dim=0))}
         return io.NodeOutput(out, inter)
 
 

@@ -10,7 +10,7 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..samplers import split
-from . import glue
+from . import sampling
 
 CATEGORY = "sampling/split"
 Guidance = io.Custom("GUIDANCE")
@@ -69,7 +69,7 @@ def sample_split_comfy(model, x, sigmas, extra_args=None, callback=None, disable
                        on_model_call=None, **options):
     """The k-diffusion function behind the SAMPLER: installs the probe hook, then runs sample_split."""
     extra_args = dict(extra_args or {})
-    proxy = glue.ModelProxy(model, on_model_call)
+    proxy = sampling.ModelProxy(model, on_model_call)
     if options.get("split_term", "cfg_delta") == "cfg_delta":
         split_base = options.get("split_base", "cond")
         probe = ComfySplitProbe(proxy, extra_args)
@@ -91,7 +91,7 @@ def split_options(split_term, split_base, eval_mode, ab_coeffs, final_step, guid
 
 def validate(method, steps, cfg, opts):
     """All split options checked before any model work (ValueError naming the input)."""
-    glue.check_choice("method", method, list(split.METHODS))
+    sampling.check_choice("method", method, list(split.METHODS))
     probe_stub = split.SplitProbe() if opts.get("split_term", "cfg_delta") == "cfg_delta" else None
     split.validate_split_options(method, steps, cfg=cfg, split_probe=probe_stub, **opts)
 
@@ -168,9 +168,9 @@ class SplitRespace(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, steps, denoise):
-        glue.check_int("steps", steps, 1, 1000)
-        glue.check_float("denoise", denoise, 0.0, 1.0, lo_open=True, what="in (0, 1]")
-        return io.NodeOutput(split.split_respace_sigmas(glue.model_sampling_of(model), steps, denoise))
+        sampling.check_int("steps", steps, 1, 1000)
+        sampling.check_float("denoise", denoise, 0.0, 1.0, lo_open=True, what="in (0, 1]")
+        return io.NodeOutput(split.split_respace_sigmas(sampling.model_sampling_of(model), steps, denoise))
 
 
 class ColorStatsGuidance(split.Guidance):
@@ -227,8 +227,8 @@ class SplitColorGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, reference, strength, match_std):
-        ref = glue.check_latent(reference, "reference")
-        glue.check_float("strength", strength, 0.0)
+        ref = sampling.check_latent(reference, "reference")
+        sampling.check_float("strength", strength, 0.0)
         ref = model.model.process_latent_in(ref.float())
         return io.NodeOutput(ColorStatsGuidance(ref, strength, match_std))
 
@@ -266,22 +266,22 @@ class SplitGuidedSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, scheduler, denoise, method,
                 split_term, split_base, eval_mode, ab_coeffs, final_step, guidance_scale, guidance=None):
-        glue.check_latent(latent_image)
-        glue.check_int("seed", seed, 0, 0xFFFFFFFFFFFFFFFF)
-        glue.check_int("steps", steps, 1, 1000)
-        glue.check_float("cfg", cfg, 0.0, 100.0)
-        glue.check_choice("scheduler", scheduler, SCHEDULERS)
-        glue.check_float("denoise", denoise, 0.0, 1.0, lo_open=True, what="in (0, 1]")
+        sampling.check_latent(latent_image)
+        sampling.check_int("seed", seed, 0, 0xFFFFFFFFFFFFFFFF)
+        sampling.check_int("steps", steps, 1, 1000)
+        sampling.check_float("cfg", cfg, 0.0, 100.0)
+        sampling.check_choice("scheduler", scheduler, SCHEDULERS)
+        sampling.check_float("denoise", denoise, 0.0, 1.0, lo_open=True, what="in (0, 1]")
         opts = split_options(split_term, split_base, eval_mode, ab_coeffs, final_step, guidance_scale, guidance)
         validate(method, steps, cfg, opts)
         custom = split.split_respace_sigmas if scheduler == "split_respace" else None
-        sigmas = glue.sigmas_with_denoise(model, scheduler, steps, denoise, custom=custom)
+        sigmas = sampling.sigmas_with_denoise(model, scheduler, steps, denoise, custom=custom)
         guider = SplitGuider(model)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
         sampler = comfy.samplers.KSAMPLER(sample_split_comfy, extra_options=dict(method=method, **opts))
-        return io.NodeOutput(glue.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=callback))
+        return io.NodeOutput(sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=callback))
 
 
 NODES = [SplitGuidedSampler, SplitSampler, SplitRespace, SplitColorGuidance]

@@ -69,7 +69,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .common import DiscreteSchedule, batch_sigma, check_sigmas
-from .toy import GaussianMixture
+from .worlds.mixture import GaussianMixture
 
 __all__ = [
     "METHODS", "OPTION_CHOICES", "DEFAULT_OPTIONS", "SplitConfig", "parse_method", "min_steps",

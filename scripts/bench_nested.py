@@ -15,7 +15,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from demo import anytime_curve  # noqa: E402
-from nse.samplers.toy import ToyWorld  # noqa: E402
+from nse.samplers.worlds.mixture import ToyWorld  # noqa: E402
 
 
 def toy_curve():

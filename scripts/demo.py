@@ -20,7 +20,7 @@ from _pack import load_pack  # noqa: E402
 nse = load_pack()
 from nse.samplers import nested  # noqa: E402
 from nse.samplers.common import DiscreteSchedule, sample_euler  # noqa: E402
-from nse.samplers.toy import ToyDenoiser, ToyWorld, frechet_distance  # noqa: E402
+from nse.samplers.worlds.mixture import ToyDenoiser, ToyWorld, frechet_distance  # noqa: E402
 
 
 def anytime_curve(world, class_id, outer, inner, n, seed=0, cfg=1.0, outer_eta=1.0):

@@ -181,7 +181,7 @@ def thumbnail(name, path):
     from PIL import Image, ImageDraw
     sys.path.insert(0, HERE)
     from demo import anytime_curve, to_image
-    from nse.samplers.toy import ToyWorld
+    from nse.samplers.worlds.mixture import ToyWorld
     world = ToyWorld()
     cls = {"nested": 1, "split": 2, "elastic": 0}[name.split("_")[0]]
     previews, _, _, _ = anytime_curve(world, cls, 4, 6, 64, seed=3)

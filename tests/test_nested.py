@@ -7,7 +7,7 @@ import torch
 from nse.samplers import nested
 from nse.samplers.common import (DiscreteSchedule, FlowSchedule, make_noise_sampler, sample_euler,
                                  sample_euler_ancestral)
-from nse.samplers.toy import ToyDenoiser, ToyWorld, frechet_distance, spec_mixture_16d
+from nse.samplers.worlds.mixture import ToyDenoiser, ToyWorld, frechet_distance, spec_mixture_16d
 
 import official_nested_replica as official
 

@@ -14,7 +14,7 @@ import torch
 
 from nse.samplers import split as S
 from nse.samplers.common import karras_sigmas, sample_euler
-from nse.samplers.toy import GaussianMixture, spec_mixture_16d
+from nse.samplers.worlds.mixture import GaussianMixture, spec_mixture_16d
 
 F64 = torch.float64
 

@@ -32,11 +32,11 @@ def sampler_of(host, **kw):
 
 
 def run_with_guider(host, model, sampler, sigmas, cfg=5.0, seed=1, kind="sd15"):
-    glue = host.pack_module("nodes.glue")
+    sampling = host.pack_module("nodes.sampling")
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(make_cond(kind, 0.7), make_cond(kind, -0.3))
     guider.set_cfg(cfg)
-    return glue.run_guider(guider, model, latent(), sampler, sigmas, seed)
+    return sampling.run_guider(guider, model, latent(), sampler, sigmas, seed)
 
 
 def test_one_node_costs_one_cfg_call_per_step(host):

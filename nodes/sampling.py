@@ -1,9 +1,9 @@
-"""Glue between the pure samplers and ComfyUI (the only layer that imports ``comfy``).
+"""Running a pure sampler inside ComfyUI: what the three method's nodes share.
 
-Small helpers shared by the three one-node samplers: input validation, sigmas with denoise
-slicing (as ``BasicScheduler``), a model proxy that honours interrupt and counts model
-evaluations, previews through ComfyUI's own preview channel, and the guider run itself
-(the same steps as ``SamplerCustomAdvanced``).
+Input checks against a node's own schema, LATENT checks, sigmas with denoise slicing (as
+``BasicScheduler``), a model proxy that honours interrupt and counts model evaluations, previews
+through ComfyUI's own preview channel, the guider run itself (the same steps as
+``SamplerCustomAdvanced``) and ComfyUI samplers looked up by name.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import math
 from typing import Callable, Optional
 
 import torch
+
+from ..samplers.checks import check_bool, check_choice, check_float, check_int
 
 import comfy.model_management
 import comfy.model_sampling
@@ -24,31 +26,24 @@ import latent_preview
 # ------------------------------------------------------------------------------------------
 # validation: clear errors naming the input, raised before any model work
 # ------------------------------------------------------------------------------------------
-def check_int(name: str, value, lo: int, hi: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        allowed = f">= {lo}" if hi is None else f"between {lo} and {hi}"
-        raise ValueError(f"{name} must be an integer {allowed} (got {value!r})")
-    return value
+def check_widgets(node_cls, **values):
+    """Check widget values against the node's own schema (its min/max/options, declared once there).
 
-
-def check_float(name: str, value, lo: Optional[float] = None, hi: Optional[float] = None,
-                lo_open: bool = False, what: Optional[str] = None) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number (got {value!r})") from None
-    bad = not math.isfinite(v)
-    if lo is not None:
-        bad = bad or (v <= lo if lo_open else v < lo)
-    if hi is not None:
-        bad = bad or v > hi
-    if bad:
-        if what is None:
-            lo_s = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
-            hi_s = "" if hi is None else f"<= {hi}"
-            what = " and ".join(s for s in (lo_s, hi_s) if s) or "finite"
-        raise ValueError(f"{name} must be {what} (got {value!r})")
-    return v
+    ComfyUI checks widgets typed into the graph, but not values that arrive through a link or from
+    a script calling ``execute``; this applies the same declared bounds to those.
+    """
+    spec = node_cls.INPUT_TYPES()
+    declared = {**(spec.get("required") or {}), **(spec.get("optional") or {})}
+    for name, value in values.items():
+        typ, opts = declared[name][0], (declared[name][1] if len(declared[name]) > 1 else None) or {}
+        if isinstance(typ, (list, tuple)) or typ == "COMBO":
+            check_choice(name, value, typ if isinstance(typ, (list, tuple)) else opts.get("options", []))
+        elif typ == "INT":
+            check_int(name, value, opts.get("min"), opts.get("max"))
+        elif typ == "FLOAT":
+            check_float(name, value, opts.get("min"), opts.get("max"))
+        elif typ == "BOOLEAN":
+            check_bool(name, value)
 
 
 def check_latent(latent, name: str = "latent_image") -> torch.Tensor:
