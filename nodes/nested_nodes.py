@@ -1,111 +1,16 @@
 """Nested Diffusion nodes: NestedSampler (SAMPLER), NestedKSampler (one node), NestedOfficialOuterScheduler."""
 from __future__ import annotations
 
-import logging
 import time
 
-import torch
-
-import comfy.samplers
-import comfy.utils
 from comfy_api.latest import io
 
 from ..samplers import nested
 from . import sampling
+from .nested_anytime import (AnytimeReport, NestedGuider, inner_sampler_names, inner_scheduler_names,
+                             make_nested_sampler, outer_scheduler_names)
 
 CATEGORY = "sampling/nested"
-OFFICIAL_DPM = "official_dpm_2s_grid"
-
-
-def inner_sampler_names():
-    """ComfyUI's own sampler list, read when the schema is built, plus the official DPM inner."""
-    return list(comfy.samplers.SAMPLER_NAMES) + [OFFICIAL_DPM]
-
-
-def inner_scheduler_names():
-    return list(nested.INNER_SCHEDULES) + [s for s in comfy.samplers.SCHEDULER_NAMES
-                                           if s not in nested.INNER_SCHEDULES]
-
-
-def outer_scheduler_names():
-    return ["official_outer"] + list(comfy.samplers.SCHEDULER_NAMES)
-
-
-def _inner_schedule(name: str):
-    """A built-in inner schedule name, or a callable re-targeting any ComfyUI scheduler."""
-    if name in nested.INNER_SCHEDULES:
-        return name
-    handler = comfy.samplers.SCHEDULER_HANDLERS[name]
-
-    def schedule(ms, s_start, k):
-        if not handler.use_ms:     # (n, sigma_min, sigma_max) schedulers can start at s_start directly
-            return handler.handler(n=k, sigma_min=min(float(ms.sigma_min), s_start * 0.5), sigma_max=s_start)
-        return nested.retarget_sigmas(ms, comfy.samplers.calculate_sigmas(ms, name, k), s_start)
-
-    return schedule
-
-
-def validate_sampler_options(inner_sampler, inner_steps, inner_scheduler, inner_eta, outer_eta,
-                             inner_end="zero"):
-    sampling.check_choice("inner_sampler", inner_sampler, inner_sampler_names())
-    sampling.check_int("inner_steps", inner_steps, 1, 10000)
-    sampling.check_choice("inner_scheduler", inner_scheduler, inner_scheduler_names())
-    sampling.check_float("inner_eta", inner_eta, 0.0, 100.0)
-    sampling.check_float("outer_eta", outer_eta, 0.0, 100.0)
-    sampling.check_choice("inner_end", inner_end, ["zero", "sigma_min"])
-
-
-def sample_nested_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
-                        inner_sampler="euler_ancestral", inner_steps=4, inner_scheduler="official",
-                        inner_eta=0.85, outer_eta=1.0, inner_end="zero", on_model_call=None, should_stop=None):
-    """The k-diffusion function behind the SAMPLER: resolves ComfyUI pieces, then runs sample_nested."""
-    ms = model.inner_model.model_patcher.get_model_object("model_sampling")
-    rf = sampling.is_rectified_flow(ms)
-    if inner_sampler == OFFICIAL_DPM:
-        fn, opts, discard = nested.sample_dpm_2s_grid, {}, False
-    else:
-        fn, opts, discard = sampling.sampler_function_by_name(inner_sampler, eta=inner_eta)
-    stochastic = "eta" in opts or "ancestral" in inner_sampler or "sde" in inner_sampler
-    if not stochastic and outer_eta == 0 and len(sigmas) > 3:
-        logging.warning(f"NestedSampler: the inner sampler {inner_sampler!r} is deterministic and outer_eta is 0; "
-                        "over many outer steps the result drifts (over-dispersion, nested.md 3.6-3). "
-                        "Use outer_eta > 0 or an ancestral inner sampler.")
-    schedule = _inner_schedule(inner_scheduler)
-    proxy = sampling.ModelProxy(model, on_model_call)
-    return nested.sample_nested(proxy, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                                model_sampling=ms, inner_sampler=fn, inner_options=opts, inner_steps=inner_steps,
-                                inner_scheduler=schedule, inner_eta=inner_eta, outer_eta=outer_eta,
-                                inner_end=inner_end, discard_penultimate=discard, rf=rf, should_stop=should_stop)
-
-
-def make_nested_sampler(**options):
-    return comfy.samplers.KSAMPLER(sample_nested_comfy, extra_options=options)
-
-
-class NestedGuider(comfy.samplers.CFGGuider):
-    """CFG guider that switches to a second prompt pair from a given outer step on.
-
-    The Nested sampler tags every model call of outer step i with
-    ``model_options["nested_outer_index"] = i``; keying the switch on the outer index (not on
-    sigma) means inner processes never see a mix of prompts, and outer steps before the switch
-    are computed exactly as without it.
-    """
-
-    switch_at = 0
-
-    def set_switch(self, positive_2, negative_2, switch_at: int):
-        """Add the second prompt pair (converted like the first) and the outer step it starts at."""
-        self.switch_at = switch_at
-        self.inner_set_conds({"positive_2": positive_2, "negative_2": negative_2})
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
-        i = model_options.get("nested_outer_index")
-        if self.switch_at and i is not None and i >= self.switch_at and "positive_2" in self.conds:
-            pos, neg = self.conds.get("positive_2"), self.conds.get("negative_2")
-        else:
-            pos, neg = self.conds.get("positive"), self.conds.get("negative")
-        return comfy.samplers.sampling_function(self.inner_model, x, timestep, neg, pos, self.cfg,
-                                                model_options=model_options, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------
@@ -154,10 +59,10 @@ class NestedSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, inner_sampler, inner_steps, inner_scheduler, inner_eta, outer_eta, inner_end="zero"):
-        validate_sampler_options(inner_sampler, inner_steps, inner_scheduler, inner_eta, outer_eta, inner_end)
-        return io.NodeOutput(make_nested_sampler(inner_sampler=inner_sampler, inner_steps=inner_steps,
-                                                 inner_scheduler=inner_scheduler, inner_eta=inner_eta,
-                                                 outer_eta=outer_eta, inner_end=inner_end))
+        options = dict(inner_sampler=inner_sampler, inner_steps=inner_steps, inner_scheduler=inner_scheduler,
+                       inner_eta=inner_eta, outer_eta=outer_eta, inner_end=inner_end)
+        sampling.check_widgets(cls, **options)
+        return io.NodeOutput(make_nested_sampler(**options))
 
 
 class NestedOfficialOuterScheduler(io.ComfyNode):
@@ -175,7 +80,7 @@ class NestedOfficialOuterScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, steps):
-        sampling.check_int("steps", steps, 1, 1000)
+        sampling.check_widgets(cls, steps=steps)
         return io.NodeOutput(nested.official_outer_sigmas(sampling.model_sampling_of(model), steps).float())
 
 
@@ -242,72 +147,44 @@ class NestedKSampler(io.ComfyNode):
         )
 
     @classmethod
-    def check_inputs(cls, latent_image, seed, outer_steps, inner_steps, cfg, inner_sampler, inner_scheduler,
-                 outer_scheduler, denoise, inner_eta, outer_eta, time_budget, switch_at_outer_step,
-                 positive_2=None, negative_2=None):
-        sampling.check_latent(latent_image)
-        sampling.check_int("seed", seed, 0, 0xFFFFFFFFFFFFFFFF)
-        sampling.check_int("outer_steps", outer_steps, 1, 1000)
-        sampling.check_float("cfg", cfg, 0.0, 100.0)
-        sampling.check_choice("outer_scheduler", outer_scheduler, outer_scheduler_names())
-        sampling.check_float("denoise", denoise, 0.0, 1.0, lo_open=True, what="in (0, 1]")
-        sampling.check_float("time_budget", time_budget, 0.0, what=">= 0 seconds (0 = off)")
-        validate_sampler_options(inner_sampler, inner_steps, inner_scheduler, inner_eta, outer_eta)
-        sampling.check_int("switch_at_outer_step", switch_at_outer_step, 0)
-        if positive_2 is None and negative_2 is not None:
-            raise ValueError("negative_2 is connected but positive_2 is not; connect positive_2 too")
-        if positive_2 is not None:
-            if not 1 <= switch_at_outer_step <= outer_steps - 1:
-                raise ValueError(f"switch_at_outer_step must be between 1 and outer_steps-1 = {outer_steps - 1} "
-                                 f"when positive_2 is connected (got {switch_at_outer_step})")
-        elif switch_at_outer_step != 0:
-            raise ValueError(f"switch_at_outer_step is {switch_at_outer_step} but positive_2 is not connected; "
-                             "connect a second prompt or set it to 0")
-
-    @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, outer_steps, inner_steps, cfg, inner_sampler,
                 inner_scheduler, outer_scheduler, denoise, inner_eta, outer_eta, time_budget,
                 switch_at_outer_step, positive_2=None, negative_2=None):
-        t_start = time.monotonic()
-        cls.check_inputs(latent_image, seed, outer_steps, inner_steps, cfg, inner_sampler, inner_scheduler,
-                     outer_scheduler, denoise, inner_eta, outer_eta, time_budget, switch_at_outer_step,
-                     positive_2, negative_2)
+        started = time.monotonic()
+        sampling.check_latent(latent_image)
+        sampling.check_widgets(cls, seed=seed, outer_steps=outer_steps, inner_steps=inner_steps, cfg=cfg,
+                               inner_sampler=inner_sampler, inner_scheduler=inner_scheduler,
+                               outer_scheduler=outer_scheduler, denoise=denoise, inner_eta=inner_eta,
+                               outer_eta=outer_eta, time_budget=time_budget, switch_at_outer_step=switch_at_outer_step)
+        check_prompt_switch(switch_at_outer_step, outer_steps, positive_2, negative_2)
         custom = nested.official_outer_sigmas if outer_scheduler == "official_outer" else None
         sigmas = sampling.sigmas_with_denoise(model, outer_scheduler, outer_steps, denoise, custom=custom)
-
         guider = NestedGuider(model)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         if positive_2 is not None:
-            guider.set_switch(positive_2, negative_2 if negative_2 is not None else negative, switch_at_outer_step)
+            guider.set_switch(positive_2, negative if negative_2 is None else negative_2, switch_at_outer_step)
+        total = max(1, outer_steps * inner_steps * sampling.EVALS_PER_STEP.get(inner_sampler, 1))
+        report = AnytimeReport(model, None if cls.hidden is None else cls.hidden.unique_id, total, time_budget,
+                               started)
+        sampler = make_nested_sampler(inner_sampler=inner_sampler, inner_steps=inner_steps,
+                                      inner_scheduler=inner_scheduler, inner_eta=inner_eta, outer_eta=outer_eta,
+                                      on_model_call=report.on_model_call, should_stop=report.should_stop)
+        out = sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=report.callback)
+        return io.NodeOutput(out, report.intermediates(model))
 
-        evals = sampling.EVALS_PER_STEP.get(inner_sampler, 1)
-        total = max(1, outer_steps * inner_steps * evals)
-        node_id = None if cls.hidden is None else cls.hidden.unique_id
-        pbar = comfy.utils.ProgressBar(total, node_id=node_id)
-        previewer = sampling.Previewer(model)
-        state = {"nfe": 0, "total": total}
-        intermediates = []
 
-        def on_model_call(nfe):
-            state["nfe"] = nfe
-            state["total"] = max(state["total"], nfe)
-            pbar.update_absolute(nfe, state["total"])
-
-        def callback(step, x0, x, total_steps):
-            intermediates.append(x0.detach().to(torch.float32).cpu())
-            pbar.update_absolute(state["nfe"], state["total"], previewer.image(x0))
-
-        should_stop = None
-        if time_budget > 0:
-            should_stop = lambda i: time.monotonic() - t_start >= time_budget
-
-        sampler = comfy.samplers.KSAMPLER(sample_nested_comfy, extra_options=dict(
-            inner_sampler=inner_sampler, inner_steps=inner_steps, inner_scheduler=inner_scheduler,
-            inner_eta=inner_eta, outer_eta=outer_eta, on_model_call=on_model_call, should_stop=should_stop))
-        out = sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=callback)
-        inter = {"samples": sampling.process_out(model, torch.cat(intermediates, dim=0))}
-        return io.NodeOutput(out, inter)
+def check_prompt_switch(switch_at_outer_step, outer_steps, positive_2, negative_2):
+    """The second prompt pair and its switch step must go together (the node's one cross-input rule)."""
+    if positive_2 is None and negative_2 is not None:
+        raise ValueError("negative_2 is connected but positive_2 is not; connect positive_2 too")
+    if positive_2 is not None:
+        if not 1 <= switch_at_outer_step <= outer_steps - 1:
+            raise ValueError(f"switch_at_outer_step must be between 1 and outer_steps-1 = {outer_steps - 1} "
+                             f"when positive_2 is connected (got {switch_at_outer_step})")
+    elif switch_at_outer_step != 0:
+        raise ValueError(f"switch_at_outer_step is {switch_at_outer_step} but positive_2 is not connected; "
+                         "connect a second prompt or set it to 0")
 
 
 NODES = [NestedKSampler, NestedSampler, NestedOfficialOuterScheduler]

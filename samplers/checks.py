@@ -13,8 +13,13 @@ from typing import Any, Iterable, Optional
 __all__ = ["check_int", "check_float", "check_choice", "check_bool", "allowed_range"]
 
 
+def _num(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def allowed_range(lo=None, hi=None, lo_open: bool = False) -> str:
     """``'>= 1'``, ``'<= 5'``, ``'between 1 and 5'``, ``'in (0, 1]'`` or ``''``."""
+    lo, hi = (None if lo is None else _num(lo)), (None if hi is None else _num(hi))
     if lo is not None and hi is not None:
         return f"in ({lo}, {hi}]" if lo_open else f"between {lo} and {hi}"
     if lo is not None:

@@ -10,8 +10,7 @@ sigma_{i+1} with a DDIM(eta_out) step::
         x̂0  = y / sqrt(1 + sigma_end**2)                              # = y unless parity mode
         x   = x̂0 + sigma_down * (x - x̂0) / sigma_i + sigma_up * z    # outer DDIM(eta_out)
 
-See ``shared/specs/nested.md`` §3.  Pure torch: nothing here imports ComfyUI.  The inner solver
-is any k-diffusion-style callable; the schedule object ``ms`` only needs ComfyUI's
+Pure torch: nothing here imports ComfyUI.  The inner solver is any k-diffusion-style callable; the schedule object ``ms`` only needs ComfyUI's
 ``model_sampling`` interface (``sigma(t)``, ``timestep(sigma)``, ``sigma_min``, ``sigma_max``).
 """
 from __future__ import annotations
@@ -21,6 +20,7 @@ from typing import Callable, List, Optional, Union
 
 import torch
 
+from .checks import check_choice, check_float, check_int
 from .common import (ancestral_update, batch_sigma, check_sigmas, exponential_sigmas, karras_sigmas,
                      make_noise_sampler, sample_euler_ancestral)
 
@@ -83,7 +83,7 @@ def continuous_timesteps(ms) -> bool:
 
 
 def official_outer_sigmas(ms, n: int, timesteps: int = 1000) -> torch.Tensor:
-    """The official outer grid (nested.md §3.4): sigma(t_k), t_k = round(1 + 998 (N-k)/N), k < N, then 0.
+    """The official outer grid: sigma(t_k), t_k = round(1 + 998 (N-k)/N) for k < N, then 0.
 
     The official code's unused final target t = 1 is replaced by 0.  On continuous-time schedules
     the same fractions of the schedule are used (``percent_to_sigma``).
@@ -103,7 +103,7 @@ def retarget_sigmas(ms, full: torch.Tensor, s_start: float) -> torch.Tensor:
     """Re-target a full schedule (sigma_max ... 0) so that it starts exactly at ``s_start``.
 
     The timestep pattern of ``full`` is rescaled so its first timestep lands on timestep(s_start)
-    (nested.md §3.3, generic branch).  Works for any ComfyUI scheduler's output.
+    (a linear rescaling in timestep space).  Works for any full schedule, e.g. a ComfyUI scheduler's output.
     """
     full = torch.as_tensor(full, dtype=torch.float64)
     body = full[:-1] if float(full[-1]) == 0.0 else full
@@ -120,7 +120,7 @@ def retarget_sigmas(ms, full: torch.Tensor, s_start: float) -> torch.Tensor:
 
 def build_inner_sigmas(ms, s_start: float, steps: int, kind: Union[str, Callable] = "official",
                        end: str = "zero", discard_penultimate: bool = False) -> torch.Tensor:
-    """Inner sigma list for an inner process starting at ``s_start`` (nested.md §3.3).
+    """Inner sigma list for an inner process starting at ``s_start``.
 
     ``kind``: one of :data:`INNER_SCHEDULES`, or a callable ``f(ms, s_start, steps) -> sigmas``
     (the ComfyUI layer passes one that re-targets any ComfyUI scheduler).  The first sigma equals
@@ -175,7 +175,7 @@ def _finalize(sig: torch.Tensor, s_start: float, tail: float) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# the official DPM-Solver++(2S) "grid" inner solver (nested.md §2.4 / §3.2)
+# the official DPM-Solver++(2S) "grid" inner solver
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample_dpm_2s_grid(model, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -214,19 +214,17 @@ def sample_dpm_2s_grid(model, x, sigmas, extra_args=None, callback=None, disable
 # --------------------------------------------------------------------------------------------
 # validation (called before any model work)
 # --------------------------------------------------------------------------------------------
-def validate_nested_options(inner_steps: int, inner_eta: float, outer_eta: float,
+def validate_nested_options(inner_steps: int = 8, inner_eta: float = 0.85, outer_eta: float = 1.0,
                             inner_s_noise: float = 1.0, outer_s_noise: float = 1.0,
                             inner_end: str = "zero", inner_schedule="official") -> None:
-    if not isinstance(inner_steps, int) or inner_steps < 1:
-        raise ValueError(f"inner_steps must be an integer >= 1 (got {inner_steps!r})")
+    """Check the options of :func:`sample_nested`; raises ValueError naming the option."""
+    check_int("inner_steps", inner_steps, 1)
     for name, v in (("inner_eta", inner_eta), ("outer_eta", outer_eta),
                     ("inner_s_noise", inner_s_noise), ("outer_s_noise", outer_s_noise)):
-        if not math.isfinite(float(v)) or float(v) < 0:
-            raise ValueError(f"{name} must be a finite number >= 0 (got {v!r})")
-    if inner_end not in ("zero", "sigma_min"):
-        raise ValueError(f"inner_end must be 'zero' or 'sigma_min' (got {inner_end!r})")
-    if not callable(inner_schedule) and inner_schedule not in INNER_SCHEDULES:
-        raise ValueError(f"inner_scheduler must be one of {INNER_SCHEDULES} or a callable (got {inner_schedule!r})")
+        check_float(name, v, 0.0)
+    check_choice("inner_end", inner_end, ("zero", "sigma_min"))
+    if not callable(inner_schedule):
+        check_choice("inner_scheduler", inner_schedule, INNER_SCHEDULES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,7 +235,7 @@ def sample_nested(model, x, sigmas, extra_args=None, callback=None, disable=None
                   model_sampling=None,
                   inner_sampler: Optional[Callable] = None,
                   inner_options: Optional[dict] = None,
-                  inner_steps: int = 4,
+                  inner_steps: int = 8,
                   inner_scheduler: Union[str, Callable] = "official",
                   inner_eta: float = 0.85,
                   inner_s_noise: float = 1.0,
@@ -269,8 +267,9 @@ def sample_nested(model, x, sigmas, extra_args=None, callback=None, disable=None
         outer_eta, outer_s_noise: the outer DDIM re-projection's eta.  The official code uses 0
             (deterministic); the default 1 re-noises the outer state with fresh noise, which keeps
             the marginals right when the inner result is an approximate posterior sample and
-            removes the over-dispersion drift of nested.md §3.6-3 (toy world: final distance
-            0.10 vs 0.22 for eta 0, plain DDIM 0.13; first preview unchanged).
+            removes the drift of long deterministic runs (an approximate inner sampler
+            over-disperses the outer state; toy world: final distance 0.10 vs 0.22 for eta 0,
+            plain DDIM 0.13; first preview unchanged).
         rf: rectified-flow ("CONST") outer formula.
         collect: a list that receives the per-outer-step x0 estimates (the anytime previews).
         should_stop: ``f(i) -> bool`` asked after outer step i; True returns that step's estimate
@@ -293,7 +292,7 @@ def sample_nested(model, x, sigmas, extra_args=None, callback=None, disable=None
             raise ValueError(f"inner_scheduler {inner_scheduler!r} needs model_sampling")
     in_dtype = x.dtype
     if x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()                                   # sampler arithmetic in fp32 (spec §3.6-8)
+        x = x.float()                                   # half-precision noise arithmetic drifts: work in fp32
     seed = extra_args.get("seed")
     if outer_noise_sampler is None:
         outer_noise_sampler = make_noise_sampler(x, None if seed is None else seed + OUTER_SEED_OFFSET)

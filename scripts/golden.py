@@ -1,7 +1,7 @@
 """Fingerprints of fixed-seed runs, to prove that a refactor changes no result (bit for bit).
 
     python scripts/golden.py pure            > a.json   # toy-world runs of the three pure samplers
-    COMFYUI_PATH=~/ComfyUI <comfy python> scripts/golden.py host > b.json   # shipped workflows, mock models
+    COMFYUI_PATH=~/ComfyUI <comfy python> scripts/golden.py host [nested split ...] > b.json   # workflows, mocks
     python scripts/golden.py compare a.json a2.json    # exit 1 and list every case that differs
 
 To compare against an older commit: ``git worktree add /tmp/base <commit>``, copy this script into
@@ -101,7 +101,7 @@ def pure_cases():
     return out
 
 
-def host_cases():
+def host_cases(only=()):
     import glob
     sys.path.insert(0, os.path.join(ROOT, "tests", "host"))
     import comfy_host
@@ -122,6 +122,8 @@ def host_cases():
     dec.decode = decode
     out = {}
     for p in sorted(glob.glob(os.path.join(ROOT, "workflows", "api", "*.json"))):
+        if only and not any(o in os.path.basename(p) for o in only):
+            continue
         kind = "sdxl" if "sdxl" in os.path.basename(p) else "sd15"
         prompt = comfy_host.mock_api_workflow(json.load(open(p)), kind)
         seen.clear()
@@ -151,6 +153,8 @@ def host_cases():
                                                "denoise": 1.0})),
     }
     for name, (guider, sampler, sigmas) in graphs.items():
+        if only and not any(o in name for o in only):
+            continue
         w, h = (128, 64) if name == "elastic_guider" else (64, 64)
         prompt = comfy_host.custom_advanced_prompt(guider, sampler, sigmas, width=w * 8, height=h * 8)
         if name != "elastic_guider":
@@ -164,10 +168,11 @@ def host_cases():
 
 def compare(a_path, b_path):
     a, b = json.load(open(a_path)), json.load(open(b_path))
-    bad = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    keys = sorted(set(a) & set(b)) if "--common" in sys.argv else sorted(set(a) | set(b))
+    bad = [k for k in keys if a.get(k) != b.get(k)]
     for k in bad:
         print(f"DIFFERS {k}: {a.get(k)} != {b.get(k)}")
-    print(f"{len(set(a) | set(b)) - len(bad)} identical, {len(bad)} differ")
+    print(f"{len(keys) - len(bad)} identical, {len(bad)} differ")
     return 1 if bad else 0
 
 
@@ -175,6 +180,6 @@ if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "pure"
     if what == "compare":
         sys.exit(compare(sys.argv[2], sys.argv[3]))
-    res = pure_cases() if what == "pure" else host_cases()
+    res = pure_cases() if what == "pure" else host_cases(sys.argv[2:])
     json.dump(res, sys.stdout, indent=1, sort_keys=True)
     print()

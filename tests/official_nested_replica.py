@@ -1,6 +1,6 @@
-"""Test-only transcription of the official Nested Diffusion SD loop in VP space (nested.md §2).
+"""Test-only transcription of the official Nested Diffusion SD loop in VP space.
 
-Written from the spec's description (not copied code): ``NestedScheduler`` timestep tables,
+Written from a description of the official algorithm (no code copied): ``NestedScheduler`` timestep tables,
 diffusers-style DDIM(eta) steps with epsilon prediction for the inner process, the
 ``prediction_type='sample'`` DDIM step for the outer process, and the DPM-Solver++(2S) singlestep
 "midpoint" inner.  Noise comes from an injected iterator so the port can consume the same draws.

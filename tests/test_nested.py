@@ -1,4 +1,4 @@
-"""Pure tests of samplers/nested.py with analytic denoisers (nested.md §7)."""
+"""Pure tests of samplers/nested.py with analytic denoisers."""
 import math
 
 import pytest
@@ -44,7 +44,7 @@ def test_generic_retarget_of_any_full_schedule():
 
 
 def test_official_trace_25x4():
-    """nested.md §7-3: the official inner sigma lists for (N=25, K=4)."""
+    """The official inner sigma lists for (N=25, K=4)."""
     outer = nested.official_outer_sigmas(MS, 25)
     first = nested.build_inner_sigmas(MS, float(outer[0]), 4, "official", end="sigma_min")
     last = nested.build_inner_sigmas(MS, float(outer[24]), 4, "official", end="sigma_min")
@@ -108,7 +108,7 @@ def test_nfe_is_capped_like_official_when_k_exceeds_timesteps():
 
 
 # ------------------------------------------------------------------------------------------
-# official parity (nested.md §7-4): float64 toy denoiser, injected noise
+# official parity: float64 toy denoiser, injected noise
 # ------------------------------------------------------------------------------------------
 class NoiseTape:
     def __init__(self, shape, n=4000, seed=123):
@@ -257,7 +257,7 @@ def test_rectified_flow_outer_and_inner():
 
 
 # ------------------------------------------------------------------------------------------
-# anytime quality (nested.md §7-8; issue acceptance)
+# anytime quality
 # ------------------------------------------------------------------------------------------
 def test_anytime_quality_vs_plain_ddim_at_equal_nfe():
     mix = spec_mixture_16d()

@@ -58,7 +58,7 @@ class GaussianMixture:
 
 
 def spec_mixture_16d() -> GaussianMixture:
-    """The 16-D mixture of nested.md §5.4 (means from seed 1, x1.5; weights .7/.2/.1; std .5)."""
+    """A 16-D three-component mixture (means from seed 1, x1.5; weights .7/.2/.1; std .5): the anytime test world."""
     g = torch.Generator().manual_seed(1)
     means = torch.randn(3, 16, generator=g, dtype=torch.float64) * 1.5
     return GaussianMixture(means, torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64), torch.tensor(0.5))
