@@ -47,7 +47,8 @@ def inner_schedule(name: str):
 
 def sample_nested_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
                         inner_sampler="euler_ancestral", inner_steps=8, inner_scheduler="official",
-                        inner_eta=0.85, outer_eta=1.0, inner_end="zero", on_model_call=None, should_stop=None):
+                        inner_eta=0.85, outer_eta=1.0, inner_end="zero", on_model_call=None, should_stop=None,
+                        sample_ids=None):
     """The k-diffusion function behind the SAMPLER: resolves ComfyUI pieces, then runs sample_nested."""
     ms = model.inner_model.model_patcher.get_model_object("model_sampling")
     if inner_sampler == OFFICIAL_DPM:
@@ -59,13 +60,17 @@ def sample_nested_comfy(model, x, sigmas, extra_args=None, callback=None, disabl
         logging.warning(f"NestedSampler: the inner sampler {inner_sampler!r} is deterministic and outer_eta is 0; "
                         "over many outer steps the result drifts (the outer state over-disperses). "
                         "Use outer_eta > 0 or an ancestral inner sampler.")
+    # SDE solvers keep their own Brownian-tree noise (seeded per inner process); the others get
+    # per-sample streams, so a sample alone equals the same sample in a batch.
+    own_noise = (lambda i, x_i: None) if "sde" in inner_sampler else None
     proxy = sampling.ModelProxy(model, on_model_call)
     return nested.sample_nested(proxy, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                                 model_sampling=ms, inner_sampler=fn, inner_options=opts, inner_steps=inner_steps,
                                 inner_scheduler=inner_schedule(inner_scheduler), inner_eta=inner_eta,
                                 outer_eta=outer_eta, inner_end=inner_end, discard_penultimate=discard,
                                 rf=sampling.is_rectified_flow(ms), should_stop=should_stop,
-                                outer_index_key=OUTER_INDEX_KEY)
+                                outer_index_key=OUTER_INDEX_KEY, inner_noise_sampler_factory=own_noise,
+                                sample_ids=sample_ids)
 
 
 def make_nested_sampler(**options):

@@ -74,7 +74,9 @@ class NestedOfficialOuterScheduler(io.ComfyNode):
             category=CATEGORY,
             description="The official Nested Diffusion outer grid: timesteps round(1 + 998 (N-k)/N), then 0.",
             inputs=[io.Model.Input("model", tooltip="The model whose noise schedule is used."),
-                    io.Int.Input("steps", default=5, min=1, max=1000, tooltip="Number of outer steps N.")],
+                    io.Int.Input("steps", default=5, min=1, max=998,
+                                 tooltip="Number of outer steps N (at most 998: the grid has 999 distinct "
+                                         "timesteps).")],
             outputs=[io.Sigmas.Output(tooltip="N+1 outer sigmas ending in 0.")],
         )
 
@@ -156,7 +158,7 @@ class NestedKSampler(io.ComfyNode):
                                inner_sampler=inner_sampler, inner_scheduler=inner_scheduler,
                                outer_scheduler=outer_scheduler, denoise=denoise, inner_eta=inner_eta,
                                outer_eta=outer_eta, time_budget=time_budget, switch_at_outer_step=switch_at_outer_step)
-        check_prompt_switch(switch_at_outer_step, outer_steps, positive_2, negative_2)
+        check_cross_inputs(outer_steps, outer_scheduler, denoise, switch_at_outer_step, positive_2, negative_2)
         custom = nested.official_outer_sigmas if outer_scheduler == "official_outer" else None
         sigmas = sampling.sigmas_with_denoise(model, outer_scheduler, outer_steps, denoise, custom=custom)
         guider = NestedGuider(model)
@@ -169,13 +171,19 @@ class NestedKSampler(io.ComfyNode):
                                started)
         sampler = make_nested_sampler(inner_sampler=inner_sampler, inner_steps=inner_steps,
                                       inner_scheduler=inner_scheduler, inner_eta=inner_eta, outer_eta=outer_eta,
-                                      on_model_call=report.on_model_call, should_stop=report.should_stop)
+                                      on_model_call=report.on_model_call, should_stop=report.should_stop,
+                                      sample_ids=latent_image.get("batch_index"))
         out = sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=report.callback)
         return io.NodeOutput(out, report.intermediates(model))
 
 
-def check_prompt_switch(switch_at_outer_step, outer_steps, positive_2, negative_2):
-    """The second prompt pair and its switch step must go together (the node's one cross-input rule)."""
+def check_cross_inputs(outer_steps, outer_scheduler, denoise, switch_at_outer_step, positive_2, negative_2):
+    """The node's rules that involve several inputs: the official grid's length, and the second prompt
+    pair with its switch step."""
+    total = outer_steps if denoise >= 1.0 else int(outer_steps / denoise)
+    if outer_scheduler == "official_outer" and total > 998:
+        raise ValueError(f"outer_steps / denoise must be at most 998 with outer_scheduler 'official_outer' (its "
+                         f"grid has 999 distinct timesteps); got {total}: use fewer outer steps or another scheduler")
     if positive_2 is None and negative_2 is not None:
         raise ValueError("negative_2 is connected but positive_2 is not; connect positive_2 too")
     if positive_2 is not None:

@@ -13,8 +13,9 @@ ComfyUI's own ``model_sampling`` object in the nodes and by this class in tests 
 """
 from __future__ import annotations
 
+import hashlib
 import math
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -23,6 +24,8 @@ __all__ = [
     "FlowSchedule",
     "get_ancestral_step",
     "make_noise_sampler",
+    "stream_seed",
+    "keyed_generator",
     "to_d",
     "sample_euler",
     "sample_euler_ancestral",
@@ -31,6 +34,9 @@ __all__ = [
     "append_zero",
     "batch_sigma",
     "check_sigmas",
+    "check_x",
+    "check_callable",
+    "CheckedDenoiser",
 ]
 
 
@@ -151,21 +157,77 @@ def get_ancestral_step(sigma_from, sigma_to, eta: float = 1.0):
     return sigma_down, sigma_up
 
 
-def make_noise_sampler(x: torch.Tensor, seed: Optional[int]) -> Callable:
-    """A noise sampler ``f(sigma, sigma_next) -> N(0, I)`` shaped like ``x``, with its own generator.
+def stream_seed(seed: int, purpose: str, *index: int) -> int:
+    """The 63-bit seed of the random stream ``(seed, purpose, *index)``.
 
-    Every call of this function starts a fresh, seeded stream (CPU generator, so results do not
-    depend on the device); ``seed=None`` falls back to the global RNG.
+    The tuple is mixed by a 64-bit hash, never by adding offsets: neighbouring seeds, purposes and
+    indices give unrelated streams (with ``seed + i`` stream i of seed s+1 would be stream i+1 of s).
+    """
+    key = repr((int(seed), str(purpose)) + tuple(int(i) for i in index)).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & ((1 << 63) - 1)
+
+
+def keyed_generator(seed: int, purpose: str, *index: int) -> torch.Generator:
+    """A CPU generator for the stream ``(seed, purpose, *index)`` (results do not depend on the device)."""
+    return torch.Generator(device="cpu").manual_seed(stream_seed(seed, purpose, *index))
+
+
+def make_noise_sampler(x: torch.Tensor, seed: Optional[int], purpose: str = "noise",
+                       sample_ids: Optional[Sequence[int]] = None) -> Callable:
+    """A noise sampler ``f(sigma, sigma_next) -> N(0, I)`` shaped like ``x``.
+
+    Sample b draws from its own stream ``(seed, purpose, sample_ids[b])`` (default ids 0..B-1), so a
+    sample run alone with its id gets the same noise as inside a batch.  ``seed=None`` falls back to
+    the global RNG.
     """
     if seed is None:
         return lambda sigma=None, sigma_next=None: torch.randn_like(x)
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(int(seed) & 0xFFFFFFFFFFFFFFFF if seed >= 0 else (int(seed) % (1 << 63)))
+    if x.dim() == 0:
+        raise ValueError("x must have a batch dimension [B, ...] (got a 0-D tensor)")
+    ids = range(x.shape[0]) if sample_ids is None else sample_ids
+    gens = [keyed_generator(seed, purpose, b) for b in ids]
 
     def sampler(sigma=None, sigma_next=None):
-        return torch.randn(x.shape, generator=gen, dtype=torch.float32, device="cpu").to(device=x.device, dtype=x.dtype)
+        z = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float32) for g in gens])
+        return z.to(device=x.device, dtype=x.dtype)
 
     return sampler
+
+
+def check_x(x, name: str = "x") -> None:
+    """A sampler's state: a finite float tensor with a batch dimension."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor [B, ...] (got {type(x).__name__})")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"{name} must be a tensor with a non-empty batch dimension [B, ...] (got shape {tuple(x.shape)})")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor (got {x.dtype})")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def check_callable(name: str, fn, what: str) -> None:
+    if not callable(fn) or isinstance(fn, (str, bytes)):
+        raise ValueError(f"{name} must be {what} (got {fn!r})")
+
+
+class CheckedDenoiser:
+    """Wraps a denoiser ``model(x, sigma, **extra_args)`` and checks every output: a tensor shaped
+    like ``x`` (no silent broadcasting of a wrong shape).  Attributes are forwarded."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __call__(self, x, sigma, **extra_args):
+        out = self._model(x, sigma, **extra_args)
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"model returned {got} for an input of shape {tuple(x.shape)}; a denoiser must "
+                             "return the x0 prediction shaped like x")
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
 
 
 def to_d(x, sigma, denoised):

@@ -15,6 +15,7 @@ Pure torch: nothing here imports ComfyUI.  The inner solver is any k-diffusion-s
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, List, Optional, Union
 
@@ -22,11 +23,11 @@ import torch
 
 from .checks import check_choice, check_float, check_int
 from .common import (ancestral_update, batch_sigma, check_sigmas, exponential_sigmas, karras_sigmas,
-                     make_noise_sampler, sample_euler_ancestral)
+                     make_noise_sampler, sample_euler_ancestral, stream_seed, CheckedDenoiser, check_callable,
+                     check_x)
 
 __all__ = [
     "INNER_SCHEDULES",
-    "OUTER_SEED_OFFSET",
     "sample_nested",
     "build_inner_sigmas",
     "retarget_sigmas",
@@ -39,8 +40,8 @@ __all__ = [
 #: inner schedules built here; any other name is a ComfyUI scheduler re-targeted by the caller.
 INNER_SCHEDULES = ("official", "official_dpm", "normal", "karras", "exponential")
 
-#: the outer noise stream is seeded with ``seed + OUTER_SEED_OFFSET``; inner process i with ``seed + 1 + i``.
-OUTER_SEED_OFFSET = 0x5EED
+#: purposes of the random streams (seed, purpose, index...): inner process i, and the outer steps.
+INNER_STREAM, OUTER_STREAM = "nested-inner", "nested-outer"
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,16 +86,17 @@ def continuous_timesteps(ms) -> bool:
 def official_outer_sigmas(ms, n: int, timesteps: int = 1000) -> torch.Tensor:
     """The official outer grid: sigma(t_k), t_k = round(1 + 998 (N-k)/N) for k < N, then 0.
 
-    The official code's unused final target t = 1 is replaced by 0.  On continuous-time schedules
-    the same fractions of the schedule are used (``percent_to_sigma``).
+    The official code's unused final target t = 1 is replaced by 0; at most 998 steps (more would
+    repeat timesteps).  On continuous-time schedules the same fractions of the schedule are used
+    (``percent_to_sigma``).
     """
-    if n < 1:
-        raise ValueError(f"steps must be >= 1 (got {n})")
     if continuous_timesteps(ms):
+        check_int("steps", n, 1)
         ts = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)
         return torch.tensor([float(ms.percent_to_sigma(1.0 - float(t))) if t < 1 else float(ms.sigma_max)
                              for t in ts[:-1]] + [0.0], dtype=torch.float64)
     last = timesteps - 1
+    check_int("steps", n, 1, last - 1)      # above, rounding repeats timesteps (999 distinct ones)
     ts = [round(1 + (last - 1) * (n - k) / n) for k in range(n)]
     return torch.tensor([_ms_sigma(ms, t) for t in ts] + [0.0], dtype=torch.float64)
 
@@ -119,14 +121,16 @@ def retarget_sigmas(ms, full: torch.Tensor, s_start: float) -> torch.Tensor:
 
 
 def build_inner_sigmas(ms, s_start: float, steps: int, kind: Union[str, Callable] = "official",
-                       end: str = "zero", discard_penultimate: bool = False) -> torch.Tensor:
+                       end: str = "zero", discard_penultimate: bool = False,
+                       sigma_min: Optional[float] = None) -> torch.Tensor:
     """Inner sigma list for an inner process starting at ``s_start``.
 
     ``kind``: one of :data:`INNER_SCHEDULES`, or a callable ``f(ms, s_start, steps) -> sigmas``
     (the ComfyUI layer passes one that re-targets any ComfyUI scheduler).  The first sigma equals
     ``s_start`` exactly.  ``end="zero"`` runs the inner process to sigma = 0 (clean x0);
     ``end="sigma_min"`` stops at the model's sigma(t=0) as the official code does (parity mode).
-    ``discard_penultimate`` mirrors ComfyUI's handling of dpm_2/uni_pc-style samplers.
+    ``discard_penultimate`` mirrors ComfyUI's handling of dpm_2/uni_pc-style samplers.  ``sigma_min``
+    (karras / exponential without a schedule object ``ms``): the smallest sigma to reach.
     """
     s_start = float(s_start)
     k = int(steps) + (1 if discard_penultimate else 0)
@@ -153,7 +157,7 @@ def build_inner_sigmas(ms, s_start: float, steps: int, kind: Union[str, Callable
             ts = torch.linspace(t0, 0, k + 1, dtype=torch.float64)[:-1]
         sig = torch.tensor([_ms_sigma(ms, float(t)) for t in ts] + [0.0], dtype=torch.float64)
     elif kind in ("karras", "exponential"):
-        smin = min(float(ms.sigma_min), s_start * 0.5)
+        smin = min(float(ms.sigma_min) if ms is not None else float(sigma_min or s_start * 0.5), s_start * 0.5)
         fn = karras_sigmas if kind == "karras" else exponential_sigmas
         sig = fn(k, smin, s_start) if k > 1 else torch.tensor([s_start, 0.0], dtype=torch.float64)
     else:
@@ -227,6 +231,16 @@ def validate_nested_options(inner_steps: int = 8, inner_eta: float = 0.85, outer
         check_choice("inner_scheduler", inner_schedule, INNER_SCHEDULES)
 
 
+def inner_sampler_takes_noise(fn) -> bool:
+    """True when an inner sampler (None = the default ancestral Euler) accepts ``noise_sampler``."""
+    if fn is None:
+        return True
+    try:
+        return "noise_sampler" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 # --------------------------------------------------------------------------------------------
 # the sampler
 # --------------------------------------------------------------------------------------------
@@ -236,7 +250,7 @@ def sample_nested(model, x, sigmas, extra_args=None, callback=None, disable=None
                   inner_sampler: Optional[Callable] = None,
                   inner_options: Optional[dict] = None,
                   inner_steps: int = 8,
-                  inner_scheduler: Union[str, Callable] = "official",
+                  inner_scheduler: Union[str, Callable, None] = None,
                   inner_eta: float = 0.85,
                   inner_s_noise: float = 1.0,
                   outer_eta: float = 1.0,
@@ -248,7 +262,8 @@ def sample_nested(model, x, sigmas, extra_args=None, callback=None, disable=None
                   should_stop: Optional[Callable[[int], bool]] = None,
                   inner_noise_sampler_factory: Optional[Callable] = None,
                   outer_noise_sampler=None,
-                  outer_index_key: Optional[str] = "nested_outer_index"):
+                  outer_index_key: Optional[str] = "nested_outer_index",
+                  sample_ids: Optional[List[int]] = None):
     """Nested Diffusion sampler (k-diffusion contract).
 
     Args:
@@ -275,27 +290,48 @@ def sample_nested(model, x, sigmas, extra_args=None, callback=None, disable=None
         should_stop: ``f(i) -> bool`` asked after outer step i; True returns that step's estimate
             (anytime stop, e.g. a wall-clock budget).
         inner_noise_sampler_factory: ``f(i, x) -> noise_sampler`` for inner process i (tests inject
-            noise); default: the inner sampler draws from ``extra_args["seed"] = seed + 1 + i``.
-        outer_noise_sampler: noise for the outer step; default: its own stream from ``seed + 0x5EED``.
-        outer_index_key: ``extra_args["model_options"][key] = i`` is set for every model call of
-            outer step i, so a guider can switch prompts at an outer step (not on sigma).
+            noise); default: an inner sampler that takes ``noise_sampler`` gets per-sample streams
+            ``(seed, "nested-inner", i, sample id)``; any inner sampler also sees
+            ``extra_args["seed"]`` = the seed of stream ``(seed, "nested-inner", i)``.
+        outer_noise_sampler: noise for the outer step; default: per-sample streams
+            ``(seed, "nested-outer", sample id)``.
+        sample_ids: one id per sample keying its streams (default 0..B-1; ComfyUI passes the
+            latent's ``batch_index``), so a sample run alone equals the same sample in a batch.
+        outer_index_key: when ``extra_args`` has ``model_options`` (ComfyUI's model calls),
+            ``model_options[key] = i`` is set for every model call of outer step i, so a guider can
+            switch prompts at an outer step (not on sigma).
 
     Returns the last x0 estimate when ``sigmas`` ends in 0, else x after the last outer update.
     """
     extra_args = {} if extra_args is None else extra_args
+    check_callable("model", model, "a denoiser model(x, sigma, **extra_args) -> x0")
+    check_x(x)
     sigmas = torch.as_tensor(sigmas)
     check_sigmas(sigmas)
+    if inner_scheduler is None:
+        inner_scheduler = "official" if model_sampling is not None else "karras"
     validate_nested_options(inner_steps, inner_eta, outer_eta, inner_s_noise, outer_s_noise, inner_end,
                             inner_scheduler)
+    if inner_sampler is not None:
+        check_callable("inner_sampler", inner_sampler, "a k-diffusion sampler function "
+                       "f(model, x, sigmas, extra_args, callback, disable, **options) (the nodes resolve names)")
     if model_sampling is None and (not callable(inner_scheduler)):
         if inner_scheduler in ("official", "official_dpm", "normal") or inner_end == "sigma_min":
-            raise ValueError(f"inner_scheduler {inner_scheduler!r} needs model_sampling")
+            raise ValueError(f"inner_scheduler={inner_scheduler!r} needs model_sampling (a schedule object); "
+                             "without one use 'karras' or 'exponential' (the default)")
+    model = CheckedDenoiser(model)
+    smallest = float(sigmas[sigmas > 0].min())
     in_dtype = x.dtype
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()                                   # half-precision noise arithmetic drifts: work in fp32
     seed = extra_args.get("seed")
     if outer_noise_sampler is None:
-        outer_noise_sampler = make_noise_sampler(x, None if seed is None else seed + OUTER_SEED_OFFSET)
+        outer_noise_sampler = make_noise_sampler(x, seed, OUTER_STREAM, sample_ids)
+    if sample_ids is not None and len(sample_ids) != x.shape[0]:
+        raise ValueError(f"sample_ids must have one id per sample ({x.shape[0]}), got {len(sample_ids)}")
+    takes_noise = inner_sampler_takes_noise(inner_sampler)
+    if inner_noise_sampler_factory is None and seed is not None and takes_noise:
+        inner_noise_sampler_factory = lambda i, x_i: make_noise_sampler(x_i, seed, f"{INNER_STREAM}-{i}", sample_ids)
     if inner_sampler is None:
         inner_sampler = sample_euler_ancestral
         inner_options = {"eta": inner_eta, "s_noise": inner_s_noise, "rf": rf, **(inner_options or {})}
@@ -306,15 +342,16 @@ def sample_nested(model, x, sigmas, extra_args=None, callback=None, disable=None
     for i in range(n):
         s, s_next = sigmas[i], sigmas[i + 1]
         sig_in = build_inner_sigmas(model_sampling, float(s), inner_steps, inner_scheduler, inner_end,
-                                    discard_penultimate).to(device=sigmas.device, dtype=sigmas.dtype)
+                                    discard_penultimate, sigma_min=smallest).to(device=sigmas.device,
+                                                                                dtype=sigmas.dtype)
         sig_in[0] = s                                   # bit-exact start at the outer level
         ea = dict(extra_args)
         if seed is not None:
-            ea["seed"] = seed + 1 + i                   # a distinct noise stream per inner process
-        if outer_index_key is not None:
+            ea["seed"] = stream_seed(seed, INNER_STREAM, i)     # for inner samplers that seed their own noise
+        if outer_index_key is not None and "model_options" in extra_args:    # ComfyUI's model calls
             ea["model_options"] = {**extra_args.get("model_options", {}), outer_index_key: i}
         opts = dict(inner_options)
-        if inner_noise_sampler_factory is not None:
+        if inner_noise_sampler_factory is not None and takes_noise:
             opts["noise_sampler"] = inner_noise_sampler_factory(i, x)
         y = inner_sampler(model, x.clone(), sig_in, extra_args=ea, callback=None, disable=True, **opts)
         y = y.to(x.dtype)

@@ -65,7 +65,8 @@ def test_outer_one_equals_plain_inner_sampling():
     out = nested.sample_nested(model, x, sigmas, extra_args={"seed": 7}, model_sampling=MS, inner_steps=10,
                                collect=previews)
     inner = nested.build_inner_sigmas(MS, float(MS.sigma_max), 10, "official")
-    ref = sample_euler_ancestral(gmm_model(), x, inner, extra_args={"seed": 8}, eta=0.85)
+    ref = sample_euler_ancestral(gmm_model(), x, inner, extra_args={"seed": 7}, eta=0.85,
+                                 noise_sampler=make_noise_sampler(x, 7, "nested-inner-0"))
     assert torch.equal(out, ref)
     assert len(previews) == 1 and torch.equal(previews[0], out)
 
@@ -228,8 +229,10 @@ def test_outer_index_switch_is_bit_identical_before_the_switch():
     x = start(4, dim=192).reshape(4, 3, 8, 8)
     sig = nested.official_outer_sigmas(MS, 6)
     pa, pb = [], []
-    nested.sample_nested(SwitchModel(None), x, sig, extra_args={"seed": 1}, model_sampling=MS, collect=pa)
-    nested.sample_nested(SwitchModel(3), x, sig, extra_args={"seed": 1}, model_sampling=MS, collect=pb)
+    nested.sample_nested(SwitchModel(None), x, sig, extra_args={"seed": 1, "model_options": {}}, model_sampling=MS,
+                         collect=pa)
+    nested.sample_nested(SwitchModel(3), x, sig, extra_args={"seed": 1, "model_options": {}}, model_sampling=MS,
+                         collect=pb)
     for i in range(3):
         assert torch.equal(pa[i], pb[i])
     for i in range(3, 6):
