@@ -304,9 +304,40 @@ def sample_nested(model, x, sigmas, extra_args=None, callback=None, disable=None
     Returns the last x0 estimate when ``sigmas`` ends in 0, else x after the last outer update.
     """
     extra_args = {} if extra_args is None else extra_args
+    sigmas = torch.as_tensor(sigmas)
+    inner_scheduler = _check_call(model, x, sigmas, model_sampling, inner_sampler, inner_scheduler, inner_steps,
+                                  inner_eta, outer_eta, inner_s_noise, outer_s_noise, inner_end, sample_ids)
+    in_dtype = x.dtype
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()                                   # half-precision noise arithmetic drifts: work in fp32
+    seed = extra_args.get("seed")
+    if outer_noise_sampler is None:
+        outer_noise_sampler = make_noise_sampler(x, seed, OUTER_STREAM, sample_ids)
+    if inner_sampler is None:
+        inner_sampler = sample_euler_ancestral
+        inner_options = {"eta": inner_eta, "s_noise": inner_s_noise, "rf": rf, **(inner_options or {})}
+    inner = _InnerProcesses(CheckedDenoiser(model), extra_args, model_sampling, inner_sampler, inner_options,
+                            inner_steps, inner_scheduler, inner_end, discard_penultimate,
+                            float(sigmas[sigmas > 0].min()), inner_noise_sampler_factory, sample_ids, outer_index_key)
+
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x0 = inner.run(i, x, s)                         # a complete short diffusion from (x, σ_i): a viable image
+        if collect is not None:
+            collect.append(x0.to(in_dtype))
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": s, "sigma_hat": s, "denoised": x0})
+        if float(s_next) == 0.0 or (should_stop is not None and should_stop(i)):
+            return x0.to(in_dtype)                      # the anytime result of outer step i
+        x = ancestral_update(x, x0, s, s_next, outer_eta, outer_s_noise, outer_noise_sampler, rf=rf)
+    return x.to(in_dtype)
+
+
+def _check_call(model, x, sigmas, model_sampling, inner_sampler, inner_scheduler, inner_steps, inner_eta, outer_eta,
+                inner_s_noise, outer_s_noise, inner_end, sample_ids):
+    """Every check of :func:`sample_nested` before any model call; returns the resolved inner scheduler."""
     check_callable("model", model, "a denoiser model(x, sigma, **extra_args) -> x0")
     check_x(x)
-    sigmas = torch.as_tensor(sigmas)
     check_sigmas(sigmas)
     if inner_scheduler is None:
         inner_scheduler = "official" if model_sampling is not None else "karras"
@@ -319,51 +350,39 @@ def sample_nested(model, x, sigmas, extra_args=None, callback=None, disable=None
         if inner_scheduler in ("official", "official_dpm", "normal") or inner_end == "sigma_min":
             raise ValueError(f"inner_scheduler={inner_scheduler!r} needs model_sampling (a schedule object); "
                              "without one use 'karras' or 'exponential' (the default)")
-    model = CheckedDenoiser(model)
-    smallest = float(sigmas[sigmas > 0].min())
-    in_dtype = x.dtype
-    if x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()                                   # half-precision noise arithmetic drifts: work in fp32
-    seed = extra_args.get("seed")
-    if outer_noise_sampler is None:
-        outer_noise_sampler = make_noise_sampler(x, seed, OUTER_STREAM, sample_ids)
     if sample_ids is not None and len(sample_ids) != x.shape[0]:
         raise ValueError(f"sample_ids must have one id per sample ({x.shape[0]}), got {len(sample_ids)}")
-    takes_noise = inner_sampler_takes_noise(inner_sampler)
-    if inner_noise_sampler_factory is None and seed is not None and takes_noise:
-        inner_noise_sampler_factory = lambda i, x_i: make_noise_sampler(x_i, seed, f"{INNER_STREAM}-{i}", sample_ids)
-    if inner_sampler is None:
-        inner_sampler = sample_euler_ancestral
-        inner_options = {"eta": inner_eta, "s_noise": inner_s_noise, "rf": rf, **(inner_options or {})}
-    inner_options = dict(inner_options or {})
+    return inner_scheduler
 
-    n = len(sigmas) - 1
-    x0 = x
-    for i in range(n):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        sig_in = build_inner_sigmas(model_sampling, float(s), inner_steps, inner_scheduler, inner_end,
-                                    discard_penultimate, sigma_min=smallest).to(device=sigmas.device,
-                                                                                dtype=sigmas.dtype)
-        sig_in[0] = s                                   # bit-exact start at the outer level
-        ea = dict(extra_args)
-        if seed is not None:
-            ea["seed"] = stream_seed(seed, INNER_STREAM, i)     # for inner samplers that seed their own noise
-        if outer_index_key is not None and "model_options" in extra_args:    # ComfyUI's model calls
-            ea["model_options"] = {**extra_args.get("model_options", {}), outer_index_key: i}
-        opts = dict(inner_options)
-        if inner_noise_sampler_factory is not None and takes_noise:
-            opts["noise_sampler"] = inner_noise_sampler_factory(i, x)
-        y = inner_sampler(model, x.clone(), sig_in, extra_args=ea, callback=None, disable=True, **opts)
-        y = y.to(x.dtype)
-        tail = float(sig_in[-1])
-        x0 = y / math.sqrt(1.0 + tail ** 2) if tail > 0 else y   # official: VP sample at t=0 taken as x0
-        if collect is not None:
-            collect.append(x0.to(in_dtype))
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": s, "sigma_hat": s, "denoised": x0})
-        if float(s_next) == 0.0:
-            return x0.to(in_dtype)
-        if should_stop is not None and should_stop(i):
-            return x0.to(in_dtype)
-        x = ancestral_update(x, x0, s, s_next, outer_eta, outer_s_noise, outer_noise_sampler, rf=rf)
-    return x.to(in_dtype)
+
+class _InnerProcesses:
+    """Runs inner process i of an outer run: its sigmas (starting exactly at σ_i), its own noise
+    stream, the outer-index tag for a prompt-switching guider, and the official parity division."""
+
+    def __init__(self, model, extra_args, ms, sampler, options, steps, scheduler, end, discard_penultimate,
+                 sigma_min, noise_factory, sample_ids, outer_index_key):
+        self.model, self.extra_args, self.ms = model, extra_args, ms
+        self.sampler, self.options = sampler, dict(options or {})
+        self.steps, self.scheduler, self.end = steps, scheduler, end
+        self.discard, self.sigma_min, self.key = discard_penultimate, sigma_min, outer_index_key
+        self.seed = extra_args.get("seed")
+        self.takes_noise = inner_sampler_takes_noise(sampler)
+        if noise_factory is None and self.seed is not None and self.takes_noise:
+            noise_factory = lambda i, x: make_noise_sampler(x, self.seed, f"{INNER_STREAM}-{i}", sample_ids)
+        self.noise_factory = noise_factory
+
+    def run(self, i: int, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        sig = build_inner_sigmas(self.ms, float(s), self.steps, self.scheduler, self.end, self.discard,
+                                 sigma_min=self.sigma_min).to(device=s.device, dtype=s.dtype)
+        sig[0] = s                                      # bit-exact start at the outer level
+        ea = dict(self.extra_args)
+        if self.seed is not None:
+            ea["seed"] = stream_seed(self.seed, INNER_STREAM, i)    # for inner samplers that seed their own noise
+        if self.key is not None and "model_options" in self.extra_args:     # ComfyUI's model calls
+            ea["model_options"] = {**self.extra_args["model_options"], self.key: i}
+        opts = dict(self.options)
+        if self.noise_factory is not None and self.takes_noise:
+            opts["noise_sampler"] = self.noise_factory(i, x)
+        y = self.sampler(self.model, x.clone(), sig, extra_args=ea, callback=None, disable=True, **opts).to(x.dtype)
+        tail = float(sig[-1])
+        return y / math.sqrt(1.0 + tail ** 2) if tail > 0 else y    # official parity: VP sample at t=0 taken as x0

@@ -27,8 +27,28 @@ def test_pyproject_is_ready_for_the_registry():
     assert comfy["requires-comfyui"] == ">=0.3.64"
 
 
+def product_files():
+    """Every module of the product: the pack root, nodes/ and samplers/ without the analytic worlds."""
+    out = [os.path.join(ROOT, "__init__.py")]
+    for sub in ("nodes", "samplers"):
+        out += [p for p in glob.glob(os.path.join(ROOT, sub, "**", "*.py"), recursive=True)
+                if os.sep + "worlds" + os.sep not in p]
+    return sorted(out)
+
+
+def imported_names(path):
+    """(module, level) of every import in a file."""
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            yield from ((a.name, 0) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            yield (mod, node.level)
+            yield from ((f"{mod}.{a.name}" if mod else a.name, node.level) for a in node.names)
+
+
 def test_samplers_are_pure_torch():
-    for path in glob.glob(os.path.join(ROOT, "samplers", "*.py")):
+    for path in glob.glob(os.path.join(ROOT, "samplers", "**", "*.py"), recursive=True):
         tree = ast.parse(open(path).read())
         for node in ast.walk(tree):
             names = []
@@ -61,3 +81,49 @@ def test_every_node_module_has_docs_pages():
                 kw = {k.arg: k.value for k in node.keywords}
                 node_id = kw["node_id"].value
                 assert os.path.isfile(os.path.join(ROOT, "web", "docs", f"{node_id}.md")), f"no docs for {node_id}"
+
+
+def test_product_code_never_imports_the_test_worlds():
+    for path in product_files():
+        for name, level in imported_names(path):
+            assert "worlds" not in name.split("."), f"{os.path.relpath(path, ROOT)} imports {name}"
+
+
+def test_modules_are_small_and_have_no_backslash_continuations():
+    for path in product_files():
+        lines = open(path).read().splitlines()
+        rel = os.path.relpath(path, ROOT)
+        assert len(lines) <= 400, f"{rel} has {len(lines)} lines (at most 400: split it by concept)"
+        for i, line in enumerate(lines, 1):
+            code = line.split("#")[0].rstrip()
+            assert not code.endswith("\\"), f"{rel}:{i} continues a line with a backslash"
+
+
+def test_no_function_is_long_without_a_reason():
+    for path in product_files():
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node) or ""
+                body = node.body[1:] if doc else node.body     # the docstring does not count
+                n = (node.end_lineno - body[0].lineno + 1) if body else 0
+                if "define_schema" == node.name:     # declarations: one widget per few lines
+                    continue
+                assert n <= 60 or "Long because" in doc, \
+                    f"{os.path.relpath(path, ROOT)}:{node.lineno} {node.name} has {n} lines (<= 60, or say why)"
+
+
+def test_no_citations_of_internal_design_files():
+    banned = ("spec \u00a7", "nested.md", "split.md", "elastic.md", "comfy-host.md", "shared/specs")
+    skip = (".git", ".venv", "__pycache__", "out", "node_modules")
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if d not in skip and not d.startswith(".")]
+        for f in filenames:
+            if not f.endswith((".py", ".md", ".js", ".json", ".toml", ".txt", ".cfg")) or f == "test_package.py":
+                continue
+            path = os.path.join(dirpath, f)
+            text = open(path, encoding="utf-8", errors="replace").read()
+            rel = os.path.relpath(path, ROOT)
+            if rel.startswith("docs" + os.sep) and f in ("nested.md", "split.md", "elastic.md"):
+                text = text.replace(f, "")   # a design note may name itself
+            for b in banned:
+                assert b not in text, f"{rel} cites {b!r}: say the reason in place, keep design notes in docs/"
