@@ -1,252 +1,29 @@
-"""ElasticDiffusion nodes: ElasticLatentSampler (one node) and ElasticGuider (GUIDER)."""
+"""ElasticDiffusion nodes: ElasticLatentSampler (one node) and ElasticGuider (a GUIDER).
+
+Both build an :class:`~.elastic_guider.ElasticCFGGuider`.  Widget values are checked against the node's
+own schema; the cross-field rules run once, in the pure ``validate_elastic``, when the latent size is
+known: at node time for the sampler, when sampling starts for the guider.
+"""
 from __future__ import annotations
 
 import logging
-import math
 
-import torch
-
-import comfy.conds
-import comfy.model_base
-import comfy.model_management
-import comfy.model_sampling
-import comfy.patcher_extension
+import comfy.sample
 import comfy.samplers
 import latent_preview
 from comfy_api.latest import io
 
 from ..samplers import elastic
 from . import sampling
+from .elastic_guider import ElasticCFGGuider
+from .elastic_host import VAE_SCALE, background_latents, check_model, detect_base_px
 
 CATEGORY = "sampling/elastic"
 SIZE_COND = ["per_call", "official_4x", "target", "keep"]
-UNSUPPORTED_COND_KEYS = {
-    "mask": "a mask (ConditioningSetMask)",
-    "area": "an area (ConditioningSetArea)",
-    "control": "a ControlNet/T2I adapter",
-    "concat_latent_image": "an inpainting image (InpaintModelConditioning)",
-    "concat_mask": "an inpainting mask (InpaintModelConditioning)",
-}
 
 
 # ------------------------------------------------------------------------------------------
-# model facts
-# ------------------------------------------------------------------------------------------
-def is_sdxl_like(model) -> bool:
-    m = model.model
-    return isinstance(m, tuple(getattr(comfy.model_base, n) for n in ("SDXL", "SDXLRefiner")
-                               if hasattr(comfy.model_base, n)))
-
-
-def detect_base_px(model) -> int:
-    """Training resolution in pixels: SDXL family 1024, SD2-v 768, SD1.x 512 (model config heuristic)."""
-    if is_sdxl_like(model):
-        return 1024
-    m = model.model
-    v_pred = getattr(m, "model_type", None) == comfy.model_base.ModelType.V_PREDICTION
-    try:
-        return elastic.base_resolution(type(m.model_config).__name__, v_prediction=v_pred)
-    except ValueError:
-        return 768 if v_pred else 512
-
-
-def check_model(model):
-    ms = sampling.model_sampling_of(model)
-    if isinstance(ms, comfy.model_sampling.CONST):
-        raise ValueError("model: ElasticDiffusion supports EPS and v-prediction models (SD1.x, SD2.x, SDXL); this "
-                         "is a rectified-flow model (SD3/Flux), whose noise model the method does not cover")
-    if len(getattr(model.model, "concat_keys", ()) or ()) > 0:
-        raise ValueError("model: inpainting models (with concat image/mask inputs) are not supported by "
-                         "ElasticDiffusion; use a regular model")
-
-
-def check_conditioning(name, conditioning):
-    """Reject conditioning the per-patch calls cannot crop correctly (instead of squeezing it)."""
-    if conditioning is None:
-        return
-    for entry in conditioning:
-        d = entry[1] if isinstance(entry, (list, tuple)) and len(entry) > 1 else (entry if isinstance(entry, dict)
-                                                                                  else {})
-        for key, what in UNSUPPORTED_COND_KEYS.items():
-            if d.get(key) is not None:
-                raise ValueError(f"{name}: conditioning with {what} is not supported by ElasticDiffusion (it would "
-                                 f"be squeezed into every {key == 'control' and 'patch' or 'base-size call'}); "
-                                 f"remove it or use a regular sampler")
-
-
-# ------------------------------------------------------------------------------------------
-# the guider
-# ------------------------------------------------------------------------------------------
-class ElasticGuider(comfy.samplers.CFGGuider):
-    """CFGGuider whose model calls all happen at the base (training) size.
-
-    * :meth:`elastic_denoiser` implements the pure sampler's denoiser protocol: every call goes
-      through ``calc_cond_batch`` on base x base inputs with per-call copies of the conditioning
-      (SDXL size/crop conditioning re-encoded for the call size, ``size_cond``);
-    * :meth:`predict_noise` returns the composite ElasticDiffusion x0 estimate (global + local
-      passes, no repaint/RRG), so the guider also works with any stock sampler;
-    * a PREPARE_SAMPLING wrapper (on a clone of the model) reserves memory for base-size batches,
-      not for the full canvas.
-    """
-
-    def __init__(self, model_patcher):
-        m = model_patcher.clone()
-        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, "nse_elastic",
-                               self._prepare_sampling_wrapper)
-        super().__init__(m)
-        self.elastic_options = {}
-        self.size_cond = "per_call"
-        self.base = 64
-        self._plan = None
-        self._ycache = {}
-
-    # -- configuration ------------------------------------------------------------------
-    def set_elastic(self, base: int, size_cond: str = "per_call", **options):
-        self.base = int(base)
-        self.size_cond = size_cond
-        self.elastic_options = dict(options)
-        self._plan = None
-
-    def inner_set_conds(self, conds):
-        for k, v in conds.items():
-            check_conditioning(k, v)
-        super().inner_set_conds(conds)
-
-    def _prepare_sampling_wrapper(self, executor, model, noise_shape, *args, **kwargs):
-        """Reserve memory for the largest base-size call, not the full canvas: the reference call has
-        2B(R+1) rows (or 2B·ref_batch_size), a patch call view_batch_size·B; ComfyUI's estimate
-        doubles the batch for cond/uncond, hence the halving."""
-        shape = list(noise_shape)
-        if len(shape) == 4:
-            B = shape[0]
-            opts = {k: v for k, v in self.elastic_options.items() if k not in ("background", "steps")}
-            try:
-                cfg = elastic.validate_elastic(shape, base=self.base, **opts)
-                rounds = cfg.resampling_steps + 1
-                if cfg.ref_batch_size:
-                    rounds = min(rounds, cfg.ref_batch_size)
-                vbs = 0 if max(shape[2], shape[3]) <= self.base else cfg.view_batch_size   # no patch calls
-            except ValueError:
-                rounds, vbs = 1, int(self.elastic_options.get("view_batch_size") or 16)
-            rows = max(B, math.ceil(max(2 * B * rounds, vbs * B) / 2))
-            shape = [rows, shape[1], self.base, self.base]
-        return executor(model, shape, *args, **kwargs)
-
-    # -- per-call conditioning -------------------------------------------------------------
-    def _size_params(self, m: elastic.RowMeta):
-        s = elastic.VAE_SCALE
-        H, W = m.canvas
-        if self.size_cond == "official_4x":
-            return dict(width=4 * W * s, height=4 * H * s, crop_w=0, crop_h=0, target_width=4 * W * s,
-                        target_height=4 * H * s)
-        if self.size_cond == "target":
-            return dict(width=W * s, height=H * s, crop_w=0, crop_h=0, target_width=W * s, target_height=H * s)
-        if m.role == "reference":
-            return dict(width=m.base * s, height=m.base * s, crop_w=0, crop_h=0, target_width=m.base * s,
-                        target_height=m.base * s)
-        top, left = m.source[0], m.source[1]
-        return dict(width=W * s, height=H * s, crop_w=left * s, crop_h=top * s, target_width=m.base * s,
-                    target_height=m.base * s)
-
-    def _row_y(self, key, j, cond, params, x1):
-        ck = (key, j, tuple(sorted(params.items())))
-        y = self._ycache.get(ck)
-        if y is None:
-            c = dict(cond)
-            c.update(params)
-            enc = comfy.samplers.encode_model_conds(self.inner_model.extra_conds, [c], x1, x1.device, key)[0]
-            y = enc["model_conds"]["y"].cond
-            self._ycache[ck] = y
-        return y
-
-    def conds_for(self, key, metas, x):
-        """The processed conds of ``key`` for a base-size call with rows ``metas``."""
-        conds = self.conds.get(key)
-        if conds is None or self.size_cond == "keep" or not is_sdxl_like(self.model_patcher):
-            return conds
-        out = []
-        for j, c in enumerate(conds):
-            if "y" not in c.get("model_conds", {}):
-                out.append(c)
-                continue
-            ys = torch.cat([self._row_y(key, j, c, self._size_params(m), x[:1]) for m in metas])
-            new = dict(c)
-            mc = dict(c["model_conds"])
-            mc["y"] = comfy.conds.CONDRegular(ys)
-            new["model_conds"] = mc
-            out.append(new)
-        return out
-
-    # -- the denoiser protocol of samplers/elastic.py --------------------------------------
-    def elastic_denoiser(self, model_options):
-        guider = self
-
-        def denoiser(x, sigma, which, meta):
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            n = x.shape[0]
-            half = n // 2
-            if n % 2 == 0 and all(w == "cond" for w in which[:half]) and all(w == "uncond" for w in which[half:]) \
-                    and torch.equal(x[:half], x[half:]):
-                xc = x[:half]
-                pos = guider.conds_for("positive", meta[:half], xc)
-                neg = guider.conds_for("negative", meta[half:], xc)
-                out = comfy.samplers.calc_cond_batch(guider.inner_model, [pos, neg], xc, sigma[:half], model_options)
-                return torch.cat(out)
-            outs = torch.empty_like(x)
-            for kind, key in (("cond", "positive"), ("uncond", "negative")):
-                idx = [i for i, w in enumerate(which) if w == kind]
-                if not idx:
-                    continue
-                xi = x[idx]
-                conds = guider.conds_for(key, [meta[i] for i in idx], xi)
-                outs[idx] = comfy.samplers.calc_cond_batch(guider.inner_model, [conds], xi, sigma[idx],
-                                                           model_options)[0].to(x.dtype)
-            return outs
-
-        denoiser.base = self.base
-        return denoiser
-
-    def plan_for(self, x):
-        key = (tuple(x.shape), x.device, x.dtype)
-        if self._plan is None or self._plan[0] != key:
-            opts = {k: v for k, v in self.elastic_options.items() if k != "steps"}
-            opts["cfg"] = self.cfg
-            self._plan = (key, elastic.build_plan(x.shape, device=x.device, dtype=torch.float32, base=self.base,
-                                                  **opts))
-        return self._plan[1]
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
-        """Composite x0 at the current cfg (global + local passes), for stock samplers."""
-        plan = self.plan_for(x)
-        sigma = float(timestep.reshape(-1)[0])
-        sample_sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
-        step = 0
-        if sample_sigmas is not None:
-            step = int((sample_sigmas.float().cpu() - sigma).abs().argmin())
-        rnd = elastic.StepRandom(plan, 0 if seed is None else seed, step)
-        rounds = plan.config.resampling_steps + 1
-        d, _ = elastic.elastic_denoise(self.elastic_denoiser(model_options), x.float(), sigma, plan, rnd,
-                                       rounds=rounds, scale=self.cfg)
-        return d.to(x.dtype)
-
-
-def sample_elastic_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
-    """The k-diffusion function behind the one-node sampler: full ElasticDiffusion steps (repaint, RRG)."""
-    guider = model.inner_model
-    if not isinstance(guider, ElasticGuider):
-        raise ValueError("sampler: the Elastic sampler needs an ElasticGuider (use ElasticLatentSampler, or connect "
-                         "an ElasticGuider to SamplerCustomAdvanced with any sampler)")
-    extra_args = extra_args or {}
-    denoiser = guider.elastic_denoiser(extra_args.get("model_options", {}))
-    opts = dict(guider.elastic_options)
-    opts.update(options)
-    opts["cfg"] = guider.cfg
-    opts.setdefault("seed", extra_args.get("seed", 0))
-    return elastic.sample_elastic(denoiser, x, sigmas, extra_args, callback, disable, base=guider.base, **opts)
-
-
-# ------------------------------------------------------------------------------------------
-# inputs, validation, background
+# inputs
 # ------------------------------------------------------------------------------------------
 def _model_cond_inputs():
     return [io.Model.Input("model", tooltip="An EPS or v-prediction model (SD1.x, SD2.x, SDXL)."),
@@ -289,66 +66,58 @@ def _elastic_inputs():
     ]
 
 
-def resolve_options(model, latent_shape, steps, cfg, preset, resampling_steps, new_p, rrg_init_weight,
-                    cosine_scale, rrg_stop_t, repaint, patch_size, view_batch_size, base_resolution, size_cond,
-                    mode):
-    """(base latent px, options) after validating every input; raises ValueError before model work."""
-    check_model(model)
-    sampling.check_choice("size_cond", size_cond, SIZE_COND)
-    sampling.check_int("base_resolution", base_resolution, 0)
-    base_px = base_resolution or detect_base_px(model)
-    if base_px % 8:
-        raise ValueError(f"base_resolution must be a multiple of 8 pixels (got {base_px})")
-    base = base_px // 8
-    opts = dict(preset=preset, resampling_steps=None if resampling_steps < 0 else resampling_steps, new_p=new_p,
+def _sampler_options(preset, resampling_steps, new_p, rrg_init_weight, cosine_scale, rrg_stop_t, repaint,
+                     patch_size, view_batch_size, mode):
+    """Widget values -> options of the pure sampler (-1 / 0 = from the preset / the default)."""
+    return dict(preset=preset, resampling_steps=None if resampling_steps < 0 else resampling_steps, new_p=new_p,
                 rrg_init_weight=None if rrg_init_weight < 0 else rrg_init_weight, cosine_scale=cosine_scale,
                 rrg_stop_t=rrg_stop_t, repaint=repaint, patch_size=None if patch_size == 0 else patch_size,
                 view_batch_size=view_batch_size, mode=mode)
-    if latent_shape is None:      # a guider: the size is known only at sampling time; check the rest now
-        latent_shape = [1, model.model.latent_format.latent_channels, base, base]
-    if len(latent_shape) != 4:
-        raise ValueError(f"latent_image must be a 4-D image latent [B,C,H,W] (got shape {tuple(latent_shape)})")
-    elastic.validate_elastic(latent_shape, steps=steps, base=base, cfg=cfg, **opts)
-    H, W = latent_shape[-2:]
-    if max(H, W) > 2 * base:
-        logging.warning(f"ElasticDiffusion: {W * 8}x{H * 8} px is {max(H, W) / base:.2g}x the base size "
-                        f"{base_px}; above 2x the method was not evaluated by its authors (clean mode runs)")
-    return base, opts
 
 
-def background_latents(model, vae, seed, k=8):
-    """Background colour latents, computed once per run: the official random colours, VAE-encoded when a
-    VAE is given, else an approximate inverse of the latent format's preview map."""
-    g = torch.Generator().manual_seed(int(seed) % (1 << 63))
-    colours = elastic.official_background_colours(k, g)                   # [k, 3] in [0.5, 1]
-    lf = model.model.latent_format
-    if vae is not None:
-        px = colours[:, None, None, :].expand(k, 64, 64, 3).contiguous()
-        lat = vae.encode(px)
-        return model.model.process_latent_in(lat.float()).mean(dim=(-2, -1)).cpu()
-    if getattr(lf, "latent_rgb_factors", None) is not None:
-        bg = elastic.palette_from_rgb_factors(lf.latent_rgb_factors, colours, getattr(lf, "latent_rgb_factors_bias",
-                                                                                      None))
-        if bg.shape[1] == lf.latent_channels:
-            return bg
-    return None
-
-
-def build_guider(model, positive, negative, cfg, latent_shape, steps, seed, vae, size_cond, **elastic_inputs):
-    """Validate everything, then build the ElasticGuider both nodes use (no model work yet).
-
-    ``set_conds`` rejects unsupported conditioning (ElasticGuider.inner_set_conds) before the
-    options are resolved and the background colours are encoded."""
-    sampling.check_float("cfg", cfg, 0.0, 100.0)
-    guider = ElasticGuider(model)
+def make_guider(model, positive, negative, cfg, base_resolution, size_cond, **widgets) -> ElasticCFGGuider:
+    """The guider both nodes use, after the host checks (model, conditioning, base size); no model work."""
+    check_model(model)
+    base_px = base_resolution or detect_base_px(model)
+    if base_px % VAE_SCALE:
+        raise ValueError(f"base_resolution must be a multiple of {VAE_SCALE} pixels (got {base_px})")
+    guider = ElasticCFGGuider(model, base_px // VAE_SCALE, size_cond, **_sampler_options(**widgets))
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
-    base, opts = resolve_options(model, latent_shape, steps, cfg, size_cond=size_cond, **elastic_inputs)
-    bg = background_latents(model, vae, seed)
-    if bg is not None:
-        opts["background"] = bg
-    guider.set_elastic(base, size_cond, **opts)
     return guider
+
+
+def image_latent_shape(model, latent_image) -> list:
+    """The shape the sampler will see (empty latents get the model's channels), 4-D image latents only."""
+    x = sampling.check_latent(latent_image)
+    if latent_image.get("noise_mask") is not None:
+        raise ValueError("latent_image has a noise mask (inpainting), which ElasticDiffusion does not support")
+    if x.ndim != 4:
+        raise ValueError(f"latent_image must be a 4-D image latent [B,C,H,W] (got shape {tuple(x.shape)})")
+    return list(comfy.sample.fix_empty_latent_channels(model, x).shape)
+
+
+def sample_elastic_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, guider=None,
+                         sample_ids=None):
+    """The KSAMPLER function of ElasticLatentSampler: full ElasticDiffusion steps (repaint, RRG).
+
+    ``guider`` (an ElasticCFGGuider, passed in the KSAMPLER's extra_options) gives the denoiser and the
+    run's validated config; ``sample_ids`` key each sample's randomness (the latent's batch_index).
+    """
+    if not isinstance(guider, ElasticCFGGuider):
+        raise ValueError("sampler: the Elastic sampler needs its ElasticCFGGuider in extra_options['guider']")
+    extra_args = extra_args or {}
+    denoiser = guider.elastic_denoiser(extra_args.get("model_options", {}))
+    return elastic.sample_elastic(denoiser, x, sigmas, extra_args, callback, disable, config=guider.config_for(x.shape),
+                                  sample_ids=sample_ids)
+
+
+def _warn_above_twice(config):
+    H, W, base = config.height, config.width, config.base
+    if max(H, W) > 2 * base:
+        logging.warning(f"ElasticDiffusion: {W * VAE_SCALE}x{H * VAE_SCALE} px is {max(H, W) / base:.2g}x the base "
+                        f"size {base * VAE_SCALE}; above 2x the method was not evaluated by its authors (clean mode "
+                        f"runs)")
 
 
 # ------------------------------------------------------------------------------------------
@@ -383,28 +152,21 @@ class ElasticLatentSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, preset, resampling_steps, new_p,
-                rrg_init_weight, cosine_scale, rrg_stop_t, repaint, patch_size, view_batch_size,
-                base_resolution, size_cond, mode, vae=None):
-        x = sampling.check_latent(latent_image)
-        sampling.check_int("seed", seed, 0, 0xFFFFFFFFFFFFFFFF)
-        sampling.check_int("steps", steps, 1, 1000)
-        if latent_image.get("noise_mask") is not None:
-            raise ValueError("latent_image has a noise mask (inpainting), which ElasticDiffusion does not support")
-        guider = build_guider(model, positive, negative, cfg, list(x.shape), steps, seed, vae, size_cond,
-                              preset=preset, resampling_steps=resampling_steps, new_p=new_p,
-                              rrg_init_weight=rrg_init_weight, cosine_scale=cosine_scale, rrg_stop_t=rrg_stop_t,
-                              repaint=repaint, patch_size=patch_size, view_batch_size=view_batch_size,
-                              base_resolution=base_resolution, mode=mode)
-        sigmas = elastic.ddim_uniform_sigmas(sampling.model_sampling_of(model), steps)
+    def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, vae=None, **widgets):
+        sampling.check_widgets(cls, seed=seed, steps=steps, cfg=cfg, **widgets)
+        shape = image_latent_shape(model, latent_image)
+        guider = make_guider(model, positive, negative, cfg, **widgets)
+        sigmas = comfy.samplers.calculate_sigmas(sampling.model_sampling_of(model), "ddim_uniform", steps)
+        _warn_above_twice(guider.config_for(shape, sigmas))            # validates, before any model work
+        guider.set_background(background_latents(model, vae, seed))
+        ids = latent_image.get("batch_index")                          # sample b alone == sample b of the batch
+        sampler = comfy.samplers.KSAMPLER(sample_elastic_comfy, extra_options={
+            "guider": guider, "sample_ids": None if ids is None else list(ids)})
         callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
-        ids = latent_image.get("batch_index")
-        sampler = comfy.samplers.KSAMPLER(sample_elastic_comfy, extra_options={} if ids is None else {
-            "sample_ids": list(ids)})      # as prepare_noise does: sample b alone == sample b of the batch
         return io.NodeOutput(sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=callback))
 
 
-class ElasticGuiderNode(io.ComfyNode):
+class ElasticGuider(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -426,15 +188,11 @@ class ElasticGuiderNode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, cfg, preset, resampling_steps, new_p, rrg_init_weight,
-                cosine_scale, rrg_stop_t, repaint, patch_size, view_batch_size, base_resolution, size_cond, mode,
-                vae=None):
-        guider = build_guider(model, positive, negative, cfg, None, None, 0, vae, size_cond, preset=preset,
-                              resampling_steps=resampling_steps, new_p=new_p, rrg_init_weight=rrg_init_weight,
-                              cosine_scale=cosine_scale, rrg_stop_t=rrg_stop_t, repaint=repaint,
-                              patch_size=patch_size, view_batch_size=view_batch_size,
-                              base_resolution=base_resolution, mode=mode)
+    def execute(cls, model, positive, negative, cfg, vae=None, **widgets):
+        sampling.check_widgets(cls, cfg=cfg, **widgets)
+        guider = make_guider(model, positive, negative, cfg, **widgets)   # validated when sampling starts
+        guider.set_background(background_latents(model, vae, 0))
         return io.NodeOutput(guider)
 
 
-NODES = [ElasticLatentSampler, ElasticGuiderNode]
+NODES = [ElasticLatentSampler, ElasticGuider]

@@ -2,126 +2,46 @@
 (SIGMAS), SplitColorGuidance (GUIDANCE)."""
 from __future__ import annotations
 
-import torch
-
-import comfy.model_patcher
 import comfy.samplers
 import latent_preview
 from comfy_api.latest import io
 
 from ..samplers import split
 from . import sampling
+from .split_probe import make_split_sampler, split_guider, validated_config
 
 CATEGORY = "sampling/split"
-Guidance = io.Custom("GUIDANCE")
+GuidanceType = io.Custom("GUIDANCE")
 SCHEDULERS = ["split_respace"] + list(comfy.samplers.SCHEDULER_NAMES)
 
 
-class SplitGuider(comfy.samplers.CFGGuider):
-    """CFGGuider that can also make a *base-only* call (one cond or uncond pass).
-
-    The split sampler's sequential mode evaluates the base field alone at intermediate points;
-    it asks for that with ``model_options["split_base_only"] = "cond" | "uncond"``.  Every other
-    call is exactly CFGGuider's (so CFG patches, RescaleCFG and post-CFG hooks are untouched).
-    """
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
-        only = model_options.get("split_base_only")
-        if only:
-            cond = self.conds.get("positive" if only == "cond" else "negative")
-            return comfy.samplers.calc_cond_batch(self.inner_model, [cond], x, timestep, model_options)[0]
-        return super().predict_noise(x, timestep, model_options=model_options, seed=seed)
-
-
-class ComfySplitProbe(split.SplitProbe):
-    """Split probe fed by ComfyUI's post-CFG hook; blends D_b like the model output is blended
-    under an inpainting mask (so G vanishes in the kept region)."""
-
-    def __init__(self, model, extra_args):
-        super().__init__()
-        self.model, self.extra_args = model, extra_args
-        if isinstance(getattr(model, "inner_model", None), SplitGuider):
-            self.predict_base = self._predict_base
-
-    def post_cfg_function(self, args):
-        self.sigma = args.get("sigma")
-        return super().post_cfg_function(args)
-
-    def base_prediction(self, denoised, split_base):
-        base = super().base_prediction(denoised, split_base)
-        mask = self.extra_args.get("denoise_mask")
-        latent = getattr(self.model, "latent_image", None)
-        if mask is not None and latent is not None:
-            fn = self.extra_args.get("model_options", {}).get("denoise_mask_function")
-            if fn is not None:             # e.g. Differential Diffusion: the same mask the model wrapper used
-                mask = fn(self.sigma, mask, extra_options={"model": self.model.inner_model,
-                                                            "sigmas": self.model.sigmas})
-            base = base * mask + latent * (1.0 - mask)
-        return base
-
-    def _predict_base(self, x, sigma, split_base, **extra_args):
-        mo = dict(extra_args.get("model_options", {}))
-        mo["split_base_only"] = split_base
-        return self.model(x, sigma, **{**extra_args, "model_options": mo})
-
-
-def sample_split_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, *, method="ltsp4",
-                       on_model_call=None, **options):
-    """The k-diffusion function behind the SAMPLER: installs the probe hook, then runs sample_split."""
-    extra_args = dict(extra_args or {})
-    proxy = sampling.ModelProxy(model, on_model_call)
-    if options.get("split_term", "cfg_delta") == "cfg_delta":
-        split_base = options.get("split_base", "cond")
-        probe = ComfySplitProbe(proxy, extra_args)
-        mo = dict(extra_args.get("model_options", {}))
-        extra_args["model_options"] = comfy.model_patcher.set_model_options_post_cfg_function(
-            mo, probe.post_cfg_function, disable_cfg1_optimization=(split_base == "uncond"))
-        options["split_probe"] = probe
-    return split.sample_split(proxy, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                              method=method, **options)
-
-
-def split_options(split_term, split_base, eval_mode, ab_coeffs, final_step, guidance_scale, guidance):
-    opts = dict(split_term=split_term, split_base=split_base, eval_mode=eval_mode, ab_coeffs=ab_coeffs,
-                final_step=final_step, guidance_scale=guidance_scale)
-    if guidance is not None:
-        opts["guidance"] = guidance
-    return opts
-
-
-def validate(method, steps, cfg, opts):
-    """All split options checked before any model work (ValueError naming the input)."""
-    sampling.check_choice("method", method, list(split.METHODS))
-    probe_stub = split.SplitProbe() if opts.get("split_term", "cfg_delta") == "cfg_delta" else None
-    split.validate_split_options(method, steps, cfg=cfg, split_probe=probe_stub, **opts)
-
-
 def _split_inputs():
-    c = split.OPTION_CHOICES
+    """The method's own inputs, shared by SplitSampler and SplitGuidedSampler (defaults = the pure ones)."""
+    c, d = split.OPTION_CHOICES, split.DEFAULTS
     return [
-        io.Combo.Input("method", options=list(split.METHODS), default="ltsp4",
+        io.Combo.Input("method", options=list(split.METHODS), default=split.METHODS[0],
                        tooltip="ltspK/stspK: K-th order Adams-Bashforth on the base field, Euler on the guidance "
                                "term (Lie-Trotter / Strang splitting). plmsK and ddim are the unsplit baselines."),
-        io.Combo.Input("split_term", options=list(c["split_term"]), default="cfg_delta",
+        io.Combo.Input("split_term", options=list(c["split_term"]), default=d["split_term"],
                        tooltip="What is split off and integrated first-order: 'cfg_delta' = the CFG term (final "
                                "prediction minus the base prediction, so other CFG patches are kept), 'gradient' = "
                                "a connected GUIDANCE, 'none' = nothing (ltsp/stsp become iPNDM)."),
-        io.Combo.Input("split_base", options=list(c["split_base"]), default="cond",
+        io.Combo.Input("split_base", options=list(c["split_base"]), default=d["split_base"],
                        tooltip="Base field for cfg_delta: the conditional prediction (recommended: cfg 1 is then "
                                "exactly iPNDM) or the unconditional one (the authors' SD convention)."),
-        io.Combo.Input("eval_mode", options=list(c["eval_mode"]), default="auto",
+        io.Combo.Input("eval_mode", options=list(c["eval_mode"]), default=d["eval_mode"],
                        tooltip="'shared': one model call per step gives base and guidance (same cost as any CFG "
                                "sampler); 'sequential': each sub-step evaluates at its own point (the paper; more "
                                "calls). auto = shared for ltsp + cfg_delta, sequential otherwise."),
-        io.Combo.Input("ab_coeffs", options=list(c["ab_coeffs"]), default="fixed",
+        io.Combo.Input("ab_coeffs", options=list(c["ab_coeffs"]), default=d["ab_coeffs"],
                        tooltip="Adams-Bashforth weights: 'fixed' as the paper, or 'variable' for the actual "
                                "sigma grid."),
-        io.Combo.Input("final_step", options=list(c["final_step"]), default="auto",
+        io.Combo.Input("final_step", options=list(c["final_step"]), default=d["final_step"],
                        tooltip="Last step convention: auto = the official one per method, 'ab' = multistep to "
                                "sigma 0, 'denoised' = return the final x0 estimate (ComfyUI ipndm)."),
-        io.Float.Input("guidance_scale", default=1.0, min=0.0, max=1000.0, step=0.01,
+        io.Float.Input("guidance_scale", default=d["guidance_scale"], min=0.0, max=1000.0, step=0.01,
                        tooltip="Multiplies the displacement of a connected GUIDANCE (split_term = gradient)."),
-        Guidance.Input("guidance", optional=True,
+        GuidanceType.Input("guidance", optional=True,
                        tooltip="Optional gradient guidance (e.g. Split Color Guidance); needs split_term = "
                                "gradient."),
     ]
@@ -145,9 +65,10 @@ class SplitSampler(io.ComfyNode):
     @classmethod
     def execute(cls, method, split_term, split_base, eval_mode, ab_coeffs, final_step, guidance_scale,
                 guidance=None):
-        opts = split_options(split_term, split_base, eval_mode, ab_coeffs, final_step, guidance_scale, guidance)
-        validate(method, None, None, opts)
-        return io.NodeOutput(comfy.samplers.KSAMPLER(sample_split_comfy, extra_options=dict(method=method, **opts)))
+        widgets = dict(method=method, split_term=split_term, split_base=split_base, eval_mode=eval_mode,
+                       ab_coeffs=ab_coeffs, final_step=final_step, guidance_scale=guidance_scale)
+        sampling.check_widgets(cls, **widgets)
+        return io.NodeOutput(make_split_sampler(validated_config(guidance=guidance, **widgets)))
 
 
 class SplitRespace(io.ComfyNode):
@@ -168,39 +89,8 @@ class SplitRespace(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, steps, denoise):
-        sampling.check_int("steps", steps, 1, 1000)
-        sampling.check_float("denoise", denoise, 0.0, 1.0, lo_open=True, what="in (0, 1]")
+        sampling.check_widgets(cls, steps=steps, denoise=denoise)
         return io.NodeOutput(split.split_respace_sigmas(sampling.model_sampling_of(model), steps, denoise))
-
-
-class ColorStatsGuidance(split.Guidance):
-    """GUIDANCE example: pull the x0 estimate's per-channel statistics toward a reference latent.
-
-    ``G = -strength * grad_{x0} L(x0)`` at ``x0 = D_b`` with
-    ``L = 1/2 * sum_c HW * [(mean_c(x0) - mean_c(ref))^2 (+ (std_c(x0) - std_c(ref))^2)]``, so
-    strength 1 moves the channel means all the way to the reference's in one evaluation.  The
-    gradient is taken with autograd (the sampler calls guidance objects with autograd enabled,
-    outside inference mode).  Write your own GUIDANCE the same way: any object with
-    ``__call__(x, sigma, denoised) -> displacement`` shaped like x, in x0 (model latent) space.
-    """
-
-    needs_denoised = True
-
-    def __init__(self, reference: torch.Tensor, strength: float, match_std: bool):
-        self.ref_mean = reference.mean(dim=(-2, -1), keepdim=True)
-        self.ref_std = reference.std(dim=(-2, -1), keepdim=True)
-        self.strength, self.match_std = float(strength), bool(match_std)
-
-    def __call__(self, x, sigma, denoised):
-        x0 = denoised.detach().clone().requires_grad_(True)
-        hw = x0.shape[-1] * x0.shape[-2]
-        mean = x0.mean(dim=(-2, -1), keepdim=True)
-        loss = 0.5 * hw * ((mean - self.ref_mean.to(x0)) ** 2).sum()
-        if self.match_std:
-            std = x0.std(dim=(-2, -1), keepdim=True)
-            loss = loss + 0.5 * hw * ((std - self.ref_std.to(x0)) ** 2).sum()
-        (grad,) = torch.autograd.grad(loss, x0)
-        return -self.strength * grad
 
 
 class SplitColorGuidance(io.ComfyNode):
@@ -222,15 +112,15 @@ class SplitColorGuidance(io.ComfyNode):
                                            "sampler's guidance_scale)."),
                     io.Boolean.Input("match_std", default=True,
                                      tooltip="Also match the per-channel standard deviation (contrast).")],
-            outputs=[Guidance.Output(tooltip="The guidance; connect to a split sampler's 'guidance'.")],
+            outputs=[GuidanceType.Output(tooltip="The guidance; connect to a split sampler's 'guidance'.")],
         )
 
     @classmethod
     def execute(cls, model, reference, strength, match_std):
         ref = sampling.check_latent(reference, "reference")
-        sampling.check_float("strength", strength, 0.0)
+        sampling.check_widgets(cls, strength=strength, match_std=match_std)
         ref = model.model.process_latent_in(ref.float())
-        return io.NodeOutput(ColorStatsGuidance(ref, strength, match_std))
+        return io.NodeOutput(split.ColorStatsGuidance(ref, strength, match_std))
 
 
 class SplitGuidedSampler(io.ComfyNode):
@@ -267,20 +157,14 @@ class SplitGuidedSampler(io.ComfyNode):
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, scheduler, denoise, method,
                 split_term, split_base, eval_mode, ab_coeffs, final_step, guidance_scale, guidance=None):
         sampling.check_latent(latent_image)
-        sampling.check_int("seed", seed, 0, 0xFFFFFFFFFFFFFFFF)
-        sampling.check_int("steps", steps, 1, 1000)
-        sampling.check_float("cfg", cfg, 0.0, 100.0)
-        sampling.check_choice("scheduler", scheduler, SCHEDULERS)
-        sampling.check_float("denoise", denoise, 0.0, 1.0, lo_open=True, what="in (0, 1]")
-        opts = split_options(split_term, split_base, eval_mode, ab_coeffs, final_step, guidance_scale, guidance)
-        validate(method, steps, cfg, opts)
+        widgets = dict(method=method, split_term=split_term, split_base=split_base, eval_mode=eval_mode,
+                       ab_coeffs=ab_coeffs, final_step=final_step, guidance_scale=guidance_scale)
+        sampling.check_widgets(cls, seed=seed, steps=steps, cfg=cfg, scheduler=scheduler, denoise=denoise, **widgets)
+        sampler = make_split_sampler(validated_config(steps=steps, guidance=guidance, **widgets))
         custom = split.split_respace_sigmas if scheduler == "split_respace" else None
         sigmas = sampling.sigmas_with_denoise(model, scheduler, steps, denoise, custom=custom)
-        guider = SplitGuider(model)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(cfg)
+        guider = split_guider(model, positive, negative, cfg)
         callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
-        sampler = comfy.samplers.KSAMPLER(sample_split_comfy, extra_options=dict(method=method, **opts))
         return io.NodeOutput(sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=callback))
 
 

@@ -1,4 +1,4 @@
-"""Benchmark of the pure ElasticDiffusion step (samplers/elastic.py) on CPU with a mock conv-net.
+"""Benchmark of the pure ElasticDiffusion step (samplers/elastic/) on CPU with a mock conv-net.
 
 For a canvas of 2x the base size (square, auto preset: R = 10, repaint, RRG) it prints
   * the model calls of one step and their batch sizes (batched design vs the official call pattern),
@@ -154,7 +154,8 @@ def main():
     torch.manual_seed(0)
     base, H = args.base, 2 * args.base
     sched = DiscreteSchedule()
-    sig = E.ddim_uniform_sigmas(sched, 50)
+    t = torch.arange(981, 0, -20)                               # ComfyUI's ddim_uniform grid for 50 steps
+    sig = torch.cat([sched.sigmas[t], sched.sigmas.new_zeros(1)]).float()
     net = MockUNet().eval()
     den = ProtocolDenoiser(net, sched, base)
     x = torch.randn(1, 4, H, H) * sig[args.step]

@@ -79,17 +79,17 @@ def bench_elastic(host, model, pos, neg, repeats, steps=3, side=128):
     call pattern), same rows.  Also reports calls and rows per step from the mock net."""
     import comfy.samplers
     mod = host.pack_module("nodes.elastic_nodes")
+    guider_mod = host.pack_module("nodes.elastic_guider")
     sampling = host.pack_module("nodes.sampling")
-    elastic = host.pack_module("samplers.elastic")
     lat = {"samples": torch.zeros(1, 4, side, side)}
-    sigmas = elastic.ddim_uniform_sigmas(model.get_model_object("model_sampling"), steps)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "ddim_uniform", steps)
 
     def run(vbs, rbs):
-        g = mod.ElasticGuider(model)
-        g.set_elastic(64, "per_call", preset="auto", view_batch_size=vbs, ref_batch_size=rbs)
+        g = guider_mod.ElasticCFGGuider(model, 64, "per_call", preset="auto", view_batch_size=vbs, ref_batch_size=rbs)
         g.set_conds(pos, neg)
         g.set_cfg(7.0)
-        return sampling.run_guider(g, model, lat, comfy.samplers.KSAMPLER(mod.sample_elastic_comfy), sigmas, 1)
+        sampler = comfy.samplers.KSAMPLER(mod.sample_elastic_comfy, extra_options={"guider": g})
+        return sampling.run_guider(g, model, lat, sampler, sigmas, 1)
 
     calls = model.model.diffusion_model.calls
     counts = {}

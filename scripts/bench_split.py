@@ -1,19 +1,19 @@
-"""Benchmark of the operator-splitting guided sampler on the analytic mixture problems (spec split.md §7).
+"""Benchmark of the operator-splitting guided sampler on the analytic guided-mixture problems.
 
 For each problem it prints the error of every method against the number of steps on the paper's
 respaced grid (ADM linear β, σ_max = 157.41), then the steps each method needs to match DDIM with
 250 steps and the resulting cost saving, to compare with the paper's "same quality as DDIM-250
-with 32-58 % less sampling time" (ImageNet256; wall time, spec §6.1).
+with 32-58 % less sampling time" (ImageNet256; wall time).
 
-Problems (spec §7.3, §7.4):
+Problems (``nse.samplers.worlds.guided``):
 
 * ``smooth``: exact classifier, scale s = 5 (u256-like); coupled endpoint RMSE against the exact
-  guided ODE (RK4 reference).  Table A of the spec.
+  guided ODE (RK4 reference).
 * ``rough``: rough classifier (κ = 0.25, Ω = 20), s = 2; Gaussian-moment W2 proxy (and sliced W2)
-  to the clean-field samples.  Table B of the spec.  W2 is not monotone in N here (large N moves
+  to the clean-field samples.  W2 is not monotone in N here (large N moves
   towards the rough field's own distribution), so the first N reaching DDIM-250's W2 is listed.
 
-Cost = model calls + c_g · guidance calls, c_g = classifier-to-UNet time ratio (spec §7.3).  This is
+Cost = model calls + c_g · guidance calls, c_g = classifier-to-UNet time ratio.  This is
 a pure-torch toy: no wall time of a real network is measured (the host-side part is separate).
 
 Usage: ``python scripts/bench_split.py [--samples 1000] [--problems smooth rough] [--quick]``
@@ -32,12 +32,13 @@ import torch  # noqa: E402
 
 nse = load_pack()
 from nse.samplers import split as S  # noqa: E402
+from nse.samplers.worlds import guided as W, metrics as M  # noqa: E402
 
 STEPS = (8, 10, 12, 16, 20, 25, 32, 40, 50, 64, 80, 100, 125, 160, 200, 250)
 QUICK_STEPS = (8, 10, 16, 25, 32, 50, 100, 250)
 
 # label -> (method, options); guidance is added per problem.  "ipndm4 (full)" is iPNDM-4 on the
-# full guided field (no split, AB last step), as in Table B of the spec.
+# full guided field (no split, AB last step): what splitting is compared against.
 METHODS = {
     "ddim": ("ddim", {}),
     "plms2": ("plms2", {}),
@@ -54,9 +55,9 @@ METHODS = {
 }
 
 PROBLEMS = {
-    "smooth": dict(kappa=0.0, scale=5.0, title="smooth exact classifier, s = 5 (spec Table A)"),
+    "smooth": dict(kappa=0.0, scale=5.0, title="smooth exact classifier, s = 5"),
     "rough": dict(kappa=0.25, omega=20.0, scale=2.0,
-                  title="rough classifier, kappa = 0.25, Omega = 20, s = 2 (spec Table B)"),
+                  title="rough classifier, kappa = 0.25, Omega = 20, s = 2"),
 }
 
 
@@ -114,16 +115,16 @@ def print_match(title, table, cost, target, m_ref, g_ref, width, rule):
 
 def bench_problem(name, cfg, n_samples, steps, seed=0):
     t0 = time.time()
-    sched = S.LinearBetaSchedule()
+    sched = W.LinearBetaSchedule()
     smax = float(sched.sigmas[-1])
-    prob = S.GuidedMixtureProblem(kappa=cfg["kappa"], omega=cfg.get("omega", 20.0), seed=seed)
+    prob = W.GuidedMixtureProblem(kappa=cfg["kappa"], omega=cfg.get("omega", 20.0), seed=seed)
     x = prob.initial(n_samples, smax, seed=seed)
     rough = cfg["kappa"] > 0
     scale = cfg["scale"]
     # Reference: exact (RK4) solution of the clean guided ODE from the same start points (for the rough
-    # problem this is the spec's target: the rough term stands for classifier-gradient noise).
+    # problem this is the target: the rough term stands for classifier-gradient noise).
     clean = prob.reference(x, smax, scale, rough=False, steps=1000)
-    check = S.rmse(clean, prob.reference(x, smax, scale, rough=False, steps=500))
+    check = M.rmse(clean, prob.reference(x, smax, scale, rough=False, steps=500))
     print(f"\n=== {name}: {cfg['title']}")
     print(f"    {n_samples} samples, paper grid (ADM linear beta, sigma_max = {smax:.2f}); "
           f"RK4 reference self-check (500 vs 1000 steps): {check:.1e}")
@@ -137,9 +138,9 @@ def bench_problem(name, cfg, n_samples, steps, seed=0):
             sig = S.split_respace_sigmas(sched, n, dtype=torch.float64)
             out, n_model, n_guid = run_method(prob, x, sig, method, opts, scale, rough)
             ok = bool(torch.isfinite(out).all())
-            err[label][n] = S.rmse(out, clean) if ok else float("inf")
-            w2[label][n] = S.moment_w2(out, clean) if ok else float("inf")
-            sw2[label][n] = S.sliced_w2(out, clean) if ok else float("inf")
+            err[label][n] = M.rmse(out, clean) if ok else float("inf")
+            w2[label][n] = M.moment_w2(out, clean) if ok else float("inf")
+            sw2[label][n] = M.sliced_w2(out, clean) if ok else float("inf")
             cost[label][n] = (n_model, n_guid)
     width = max(len(k) for k in METHODS) + 2
     n_ref = max(steps)
@@ -150,12 +151,12 @@ def bench_problem(name, cfg, n_samples, steps, seed=0):
                     f"below it from there on) and cost saving; cost = model + c_g * guidance calls",
                     err, cost, err["ddim"][n_ref], m_ref, g_ref, width, stays_below)
     else:
-        print_table("Gaussian-moment W2 to the clean-field samples (spec Table B metric)", w2, steps, width)
+        print_table("Gaussian-moment W2 to the clean-field samples", w2, steps, width)
         print_table("sliced W2 to the clean-field samples", sw2, steps, width)
         rough_exact = prob.reference(x, smax, scale, rough=True, steps=2000)
         print(f"  (W2 is not monotone in N: with more steps every sampler resolves more of the rough term and moves\n"
               f"   towards the rough field's own solution, whose moment-W2 to the clean field is "
-              f"{S.moment_w2(rough_exact, clean):.3g} (RK4, 2000 steps);\n"
+              f"{M.moment_w2(rough_exact, clean):.3g} (RK4, 2000 steps);\n"
               f"   DDIM-{n_ref} is therefore not DDIM's best value, and the FIRST N reaching it is listed)")
         print_match(f"first N with moment-W2 <= DDIM-{n_ref}'s ({w2['ddim'][n_ref]:.3g}) and cost saving; "
                     f"cost = model + c_g * guidance calls", w2, cost, w2["ddim"][n_ref], m_ref, g_ref, width,

@@ -1,4 +1,4 @@
-"""Pure tests of samplers/elastic.py (ElasticDiffusion; spec shared/specs/elastic.md §7).
+"""Pure tests of samplers/elastic/ (ElasticDiffusion).
 
 Small latents and cheap mock denoisers only (CI budget): pointwise maps for the stitching
 identities, a 3x3-conv mock for everything that must see neighbours, padding and context.
@@ -69,8 +69,25 @@ def pointwise_denoiser(base, spy=None):
     return den
 
 
+def ddim_uniform_sigmas(model_sampling, steps):
+    """ComfyUI's ``ddim_uniform`` scheduler (the nodes call ComfyUI's own): sigmas at t = 1 + k * (1000 // steps),
+    descending, then 0; float32; for a ``steps`` that does not divide 1000 it may give more steps (30 -> 31)."""
+    s = model_sampling.sigmas
+    x = 1
+    if math.isclose(float(s[x]), 0, abs_tol=0.00001):
+        steps += 1
+        sigs = []
+    else:
+        sigs = [0.0]
+    ss = max(len(s) // steps, 1)
+    while x < len(s):
+        sigs.append(float(s[x]))
+        x += ss
+    return torch.tensor(sigs[::-1], dtype=torch.float32)
+
+
 def _sigmas(n_steps, dtype=torch.float32):
-    return E.ddim_uniform_sigmas(SCHED, n_steps).to(dtype)
+    return ddim_uniform_sigmas(SCHED, n_steps).to(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,13 +95,13 @@ def _sigmas(n_steps, dtype=torch.float32):
 # ----------------------------------------------------------------------------------------------
 
 def test_ddim_uniform_is_comfy_grid():
-    s = E.ddim_uniform_sigmas(SCHED, 50)
+    s = ddim_uniform_sigmas(SCHED, 50)
     assert s.dtype == torch.float32 and len(s) == 51 and float(s[-1]) == 0.0
     t = torch.arange(981, 0, -20)
     assert torch.equal(s[:-1], SCHED.sigmas[t].float())
     # ComfyUI's own quirk: 30 steps give 31 (ss = 1000 // 30 = 33 -> t = 1, 34, ..., 991)
-    assert len(E.ddim_uniform_sigmas(SCHED, 30)) == 32
-    assert torch.equal(E.ddim_uniform_sigmas(SCHED, 30)[0], SCHED.sigmas[991].float())
+    assert len(ddim_uniform_sigmas(SCHED, 30)) == 32
+    assert torch.equal(ddim_uniform_sigmas(SCHED, 30)[0], SCHED.sigmas[991].float())
 
 
 @pytest.mark.parametrize("wp,hp,r,w0", [(2048, 2048, 10, 2000), (1536, 1536, 7, 1000), (1024, 2048, 7, 1000),
@@ -108,10 +125,7 @@ def test_preset_scaling_custom_and_family():
     assert E.build_plan((1, 4, 32, 32), base=16, resampling_steps=2).config.resampling_steps == 2
     c = E.elastic_preset("custom", base=128, resampling_steps=3)
     assert c["resampling_steps"] == 3 and c["rrg_init_weight"] == 0.0 and c["patch_size"] == 64
-    assert E.base_resolution("SDXL") == 1024 and E.base_resolution("sd15") == 512
-    assert E.base_resolution("SD20") == 512 and E.base_resolution("SD20", v_prediction=True) == 768
-    with pytest.raises(ValueError, match="model_family"):
-        E.base_resolution("dalle")
+    # the model-family table (base_resolution) is a host fact: tests/host/test_elastic_host.py
 
 
 def test_rrg_schedule_steps():
@@ -125,7 +139,7 @@ def test_rrg_schedule_steps():
 
 
 # ----------------------------------------------------------------------------------------------
-# reduction to CFG at / below the training size (spec §7.1, §7.2)
+# reduction to CFG at / below the training size
 # ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["clean", "faithful"])
@@ -179,14 +193,14 @@ def test_below_base_is_cfg_on_padded_canvas():
 
 
 # ----------------------------------------------------------------------------------------------
-# local pass: stitching identities, model-call shapes (spec §7.3, §7.4)
+# local pass: stitching identities, model-call shapes
 # ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["clean", "faithful"])
 def test_stitching_pointwise_every_size_patch_and_view_batch(mode):
     base = 16
     sizes = [(8, 8), (16, 16), (17, 17), (16, 9), (32, 28), (32, 12), (30, 22), (20, 29), (32, 5), (27, 27)]
-    if mode == "clean":                                            # faithful stops at 2x (spec §2.3)
+    if mode == "clean":                                            # faithful stops at 2x
         sizes += [(16, 40), (33, 20), (48, 48), (5, 70), (70, 5), (47, 31)]
     spy = []
     den = pointwise_denoiser(base, spy)
@@ -261,7 +275,7 @@ def test_faithful_rejects_official_crash_sizes():
 
 
 # ----------------------------------------------------------------------------------------------
-# sub-pixel sampling (spec §2.3, §2.4, §7.5)
+# sub-pixel sampling
 # ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("H,W,base", [(256, 256, 128), (192, 192, 128), (135, 240, 128), (150, 200, 128),
@@ -318,7 +332,7 @@ def _binom_cov(r, p):
 
 
 def test_coverage_curve_factor2_new_p_03():
-    table = [.25, .32, .40, .48, .55, .62, .68, .73, .78, .82, .86]        # spec §2.4
+    table = [.25, .32, .40, .48, .55, .62, .68, .73, .78, .82, .86]        # the official coverage curve
     for mode, p in (("faithful", 30 / 101), ("clean", 0.3)):
         plan = E.build_plan((1, 4, 256, 256), base=128, mode=mode)
         picks = E.StepRandom(plan, 11, 0).picks(0, 21)
@@ -336,7 +350,7 @@ def test_coverage_curve_factor2_new_p_03():
 @pytest.mark.parametrize("mode,new_p,expect", [("clean", 0.3, 0.3), ("faithful", 0.3, 30 / 101),
                                                  ("clean", 0.004, 0.004), ("faithful", 0.004, 1 / 101)])
 def test_new_pick_probability(mode, new_p, expect):
-    """Round 1 re-picks a pixel with P = new_p (clean) or the official integer draw (faithful, spec §2.3)."""
+    """Round 1 re-picks a pixel with P = new_p (clean) or the official integer draw (faithful)."""
     plan = E.build_plan((1, 1, 512, 512), base=256, mode=mode, new_p=new_p)
     picks = E.StepRandom(plan, 1, 0).picks(0, 2)
     frac = (picks[1] != picks[0]).double().mean().item()
@@ -346,7 +360,7 @@ def test_new_pick_probability(mode, new_p, expect):
 
 def test_faithful_misregistration_reproduced_clean_fixed():
     """Round 0 (top-left): share of written pixels whose value is their own cell's, and the mean L1
-    distance to the source actually estimated (spec §2.3: 1536^2 25% / 1.0 px; 1920x1080 1.6% / 3.25)."""
+    distance to the source actually estimated (official map: 1536^2 25% / 1.0 px; 1920x1080 1.6% / 3.25)."""
     for (hp, wp), own_f, disp_f in (((1536, 1536), 0.25, 1.0), ((1080, 1920), 0.0156, 3.25),
                                    ((2048, 2048), 1.0, 0.0)):
         H, W = hp // 8, wp // 8
@@ -364,11 +378,11 @@ def test_faithful_misregistration_reproduced_clean_fixed():
 
 
 # ----------------------------------------------------------------------------------------------
-# repaint noise (spec §7.9), prompt-free plumbing (§7.6)
+# repaint noise, prompt-free plumbing
 # ----------------------------------------------------------------------------------------------
 
 def test_repaint_noise_variance():
-    """x_re - x' has per-element std sqrt(sigma_i^2 - sigma_{i+1}^2) and mean 0 (spec §7.9)."""
+    """x_re - x' has per-element std sqrt(sigma_i^2 - sigma_{i+1}^2) and mean 0."""
     base, cfg = 64, 6.0
     den = pointwise_denoiser(base)
     seen = []
@@ -414,11 +428,11 @@ def test_prompt_free_direction_is_plain_patchwise_uncond():
 
 
 # ----------------------------------------------------------------------------------------------
-# official equivalence: faithful step == transcription of the official VP loop (spec §2, §7.7)
+# official equivalence: faithful step == transcription of the official VP loop
 # ----------------------------------------------------------------------------------------------
 
 def _official_vp_run(net, x_vp, ts, abar, abar_final, base, cfg, R, W0, stop, kappa, plan, seed, sample):
-    """Direct transcription of the official loop (diffusers DDIM eta 0, VP space) from spec §2.1-§2.8,
+    """Direct transcription of the official loop (diffusers DDIM eta 0, VP space),
     for factor-2 canvases, taking only the random draws (sub-pixel picks, pads, repaint noise) from
     the module.  Returns the VP latent after every step."""
     N = len(ts)
@@ -582,8 +596,8 @@ def test_reference_size_rules():
 @pytest.mark.parametrize("repaint", [True, False])
 def test_clean_step_equals_direct_transcription(repaint):
     """One clean step (non-integer factor, resampling, repaint, RRG) against a direct per-cell
-    transcription of spec §2.3 (cells floor(j H / h), scatter at the source, own-cell fill, top-left
-    read-back) and §3.2; L is the full-canvas D_u, equal to the stitched one for this conv mock (§7.3)."""
+    transcription of the clean rules (cells floor(j H / h), scatter at the source, own-cell fill, top-left
+    read-back) and of the step; L is the full-canvas D_u, equal to the stitched one for this conv mock."""
     base, cfg, R, W0, seed, i = 16, 6.0, 2, 800.0, 3, 1
     net = MockEps()
     den = protocol_denoiser(net, base)
@@ -658,7 +672,7 @@ def test_clean_step_equals_direct_transcription(repaint):
 
 
 # ----------------------------------------------------------------------------------------------
-# determinism, batching (spec §7.8), callback
+# determinism, batching, callback
 # ----------------------------------------------------------------------------------------------
 
 def _run(den, x, sig, **kw):
@@ -759,16 +773,16 @@ def test_callback_and_rrg_effect():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(patch_size=20), r"patch_size=20 is larger than the base size 16"),
-    (dict(patch_size=0), r"patch_size=0 .*integer"),
-    (dict(new_p=0.0), r"new_p=0.0 .*\(0.0, 1.0\]"),
-    (dict(new_p=1.5), r"new_p=1.5"),
-    (dict(resampling_steps=-1), r"resampling_steps=-1"),
-    (dict(view_batch_size=0), r"view_batch_size=0"),
-    (dict(mode="fast"), r"mode='fast' .*clean, faithful"),
-    (dict(preset="xl"), r"preset='xl' .*auto, custom"),
-    (dict(rrg_stop_t=1.5), r"rrg_stop_t=1.5"),
-    (dict(cfg=float("nan")), r"cfg=nan"),
-    (dict(repaint="yes"), r"repaint='yes'"),
+    (dict(patch_size=0), r"patch_size must be an integer >= 1 \(got 0\)"),
+    (dict(new_p=0.0), r"new_p must be a finite number in \(0, 1\] \(got 0.0\)"),
+    (dict(new_p=1.5), r"new_p must be .*\(got 1.5\)"),
+    (dict(resampling_steps=-1), r"resampling_steps must be an integer >= 0 \(got -1\)"),
+    (dict(view_batch_size=0), r"view_batch_size must be an integer >= 1 \(got 0\)"),
+    (dict(mode="fast"), r"mode must be one of 'clean', 'faithful' \(got 'fast'\)"),
+    (dict(preset="xl"), r"preset must be one of 'auto', 'custom' \(got 'xl'\)"),
+    (dict(rrg_stop_t=1.5), r"rrg_stop_t must be a finite number between 0 and 1 \(got 1.5\)"),
+    (dict(cfg=float("nan")), r"cfg must be a finite number \(got nan\)"),
+    (dict(repaint="yes"), r"repaint must be True or False \(got 'yes'\)"),
     (dict(patchsize=8), r"unknown option"),
     (dict(background=torch.zeros(2, 3)), r"background must be a tensor \[K, 4\]"),
     (dict(max_factor=1.5), r"at most max_factor=1.5x"),
@@ -790,13 +804,29 @@ def test_bad_sizes_steps_and_sigmas():
     with pytest.raises(ValueError, match=r"width=1081 px is not a multiple of the latent grid"):
         E.latent_size_from_pixels(1081, 1080)
     assert E.latent_size_from_pixels(1920, 1080) == (135, 240)
-    with pytest.raises(ValueError, match=r"steps=0"):
+    with pytest.raises(ValueError, match=r"steps must be an integer >= 1 \(got 0\)"):
         E.validate_elastic((1, 4, 16, 16), base=16, steps=0)
-    with pytest.raises(ValueError, match=r"sigmas must be 1-D with at least 2 values"):
+    with pytest.raises(ValueError, match=r"sigmas must be a 1-D tensor with at least 2 values"):
         E.validate_elastic((1, 4, 16, 16), torch.tensor([1.0]), base=16)
-    with pytest.raises(ValueError, match=r"non-increasing"):
+    with pytest.raises(ValueError, match=r"sigmas must be strictly decreasing"):
         E.validate_elastic((1, 4, 16, 16), torch.tensor([1.0, 2.0, 0.0]), base=16)
     with pytest.raises(ValueError, match=r"base .* is required"):
         E.validate_elastic((1, 4, 16, 16))
     with pytest.raises(ValueError, match=r"4-D"):
         E.validate_elastic((4, 16, 16), base=16)
+
+
+def test_a_validated_config_is_used_as_given():
+    """``config=`` (validated once by its maker, e.g. the node) gives the same run as the options."""
+    den = protocol_denoiser(MockEps(), 16)
+    sig = _sigmas(3, torch.float64)
+    x = torch.randn(2, 4, 30, 22, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * sig[0]
+    opts = dict(base=16, resampling_steps=2, rrg_init_weight=300.0, cosine_scale=1.0, patch_size=6,
+                background=torch.randn(3, 4, dtype=torch.float64))
+    config = E.validate_elastic(x.shape, sig, **opts)
+    a = E.sample_elastic(den, x.clone(), sig, seed=4, **opts)
+    assert torch.equal(a, E.sample_elastic(den, x.clone(), sig, seed=4, config=config))
+    with pytest.raises(ValueError, match="cannot be given together with config"):
+        E.sample_elastic(den, x.clone(), sig, config=config, cfg=3.0)
+    with pytest.raises(ValueError, match="config is for latents"):
+        E.sample_elastic(den, x[:, :, :20].clone(), sig, config=config)

@@ -1,4 +1,4 @@
-"""In-process ComfyUI host for the host tests (comfy-host.md §9.2).
+"""In-process ComfyUI host for the host tests.
 
 Finds a ComfyUI checkout (``COMFYUI_PATH``, else ``~/ComfyUI``), puts it first on ``sys.path``,
 forces CPU, registers the core and extra nodes, and loads this pack and the test-only pack
@@ -73,34 +73,157 @@ class Host:
         return sys.modules[f"{base}.{sub}"]
 
     # -- whole graphs through the real executor ------------------------------------------
-    def run_prompt(self, prompt, preview_hook=None):
+    def supports_per_prompt_preview_method(self):
+        """True when this version picks the preview method per prompt from ``extra_data["preview_method"]``
+        (upstream #11261: ``execution`` imports ``latent_preview.set_preview_method`` and calls it with it)."""
         import execution
+        return callable(getattr(execution, "set_preview_method", None))
 
-        class StubServer:
-            client_id = "nse-test"
-            last_node_id = None
-            last_prompt_id = None
-            sockets_metadata = {}
+    def run_prompt(self, prompt, preview_method=None, extra_data=None):
+        """Validate and execute an API prompt as the server's prompt worker does; returns ``(executor, server)``.
 
-            def __init__(self):
-                self.messages = []
-
-            def send_sync(self, event, data, sid=None):
-                self.messages.append((event, data))
-
-            def queue_updated(self):
-                pass
-
+        ``preview_method`` ("none", "latent2rgb", ...) is sent per prompt as the frontend sends its
+        ``Comfy.Execution.PreviewMethod`` setting, on versions that read it (else the CLI default is used).
+        ``server.messages`` holds every ``(event, data)`` sent, progress and binary previews included."""
+        import execution
         pid = str(uuid.uuid4())
         valid = asyncio.run(execution.validate_prompt(pid, prompt, None))
         if not valid[0]:
             raise AssertionError(f"prompt invalid: {valid[1]} {json.dumps(valid[3], default=str)[:2000]}")
         server = StubServer()
-        params = inspect.signature(execution.PromptExecutor.__init__).parameters
-        kw = {"cache_args": {"lru": 0, "ram": 0}} if "cache_args" in params else {}
-        ex = execution.PromptExecutor(server, **kw)
-        ex.execute(prompt, pid, {"client_id": "nse-test"}, valid[2])
+        extra = {"client_id": server.client_id, **(extra_data or {})}
+        if preview_method is not None and self.supports_per_prompt_preview_method():
+            extra["preview_method"] = preview_method
+        ex = make_executor(server)
+        restore = hijack_progress(server)
+        try:
+            server.last_prompt_id = pid
+            ex.execute(prompt, pid, extra, valid[2])
+        finally:
+            restore()
         return ex, server
+
+
+class StubServer:
+    """Stands in for ``server.PromptServer`` where the executor and progress handlers use it:
+    ``client_id``, ``last_node_id``, ``last_prompt_id``, ``sockets_metadata``, ``send_sync``,
+    ``queue_updated``, ``send_progress_text``.  Every message is kept in ``messages``."""
+    client_id = "nse-test"
+
+    def __init__(self):
+        self.messages = []
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.sockets_metadata = {}
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+    def send_progress_text(self, text, node_id, sid=None):
+        self.messages.append(("progress_text", {"node": node_id, "text": text}))
+
+    def queue_updated(self):
+        pass
+
+    def previews(self):
+        """The binary preview messages sent (as main.py's progress hook sends them)."""
+        return [d for e, d in self.messages if not isinstance(e, str)]
+
+
+def executor_options():
+    """``PromptExecutor`` keyword arguments as this checkout's ``main.py`` ``prompt_worker`` builds them from
+    its CLI arguments (defaults here), found by feature detection:
+
+    * ``PromptExecutor(server, cache_type, cache_size)`` (no ``cache_args``): v0.3.x, classic cache
+      unless ``--cache-lru`` / ``--cache-none``;
+    * ``cache_args`` and a scalar ``--cache-ram``: ``{"lru", "ram"}``, classic cache unless a flag says otherwise;
+    * ``cache_args`` and ``--cache-ram [active [inactive]]`` (a list): the RAM-pressure cache is the default and
+      ``cache_args`` carries ``{"lru", "ram", "ram_inactive"}`` headrooms derived from the machine's RAM.
+    """
+    import execution
+    import comfy.model_management as mm
+    from comfy.cli_args import args
+    ct = execution.CacheType
+    params = inspect.signature(execution.PromptExecutor.__init__).parameters
+    lru = getattr(args, "cache_lru", 0) or 0
+    none = bool(getattr(args, "cache_none", False))
+    classic = bool(getattr(args, "cache_classic", False))
+    cache_none = getattr(ct, "NONE", None) or getattr(ct, "DEPENDENCY_AWARE")
+    ram = getattr(args, "cache_ram", 0)
+    if isinstance(ram, (list, tuple)):
+        cache_ram = cache_ram_inactive = 0
+        if not classic and not none and lru <= 0:
+            cache_ram = min(10.0, max(2.0, mm.total_ram * 0.10 / 1024.0))
+            cache_ram_inactive = min(128.0, mm.total_ram / 1024.0)
+            if len(ram) > 0:
+                cache_ram = ram[0]
+            if len(ram) > 1:
+                cache_ram_inactive = ram[1]
+        cache_type = (ct.CLASSIC if classic else ct.LRU if lru > 0 else cache_none if none else ct.RAM_PRESSURE)
+        cache_args = {"lru": lru, "ram": cache_ram, "ram_inactive": cache_ram_inactive}
+    else:
+        ram = ram or 0
+        cache_type = ct.CLASSIC
+        if lru > 0:
+            cache_type = ct.LRU
+        elif ram > 0 and hasattr(ct, "RAM_PRESSURE"):
+            cache_type = ct.RAM_PRESSURE
+        elif none:
+            cache_type = cache_none
+        cache_args = {"lru": lru, "ram": ram}
+    if "cache_args" in params:
+        return {"cache_type": cache_type, "cache_args": cache_args}
+    return {"cache_type": cache_type, "cache_size": lru}
+
+
+def make_executor(server):
+    """A fresh ``execution.PromptExecutor`` built as ``main.py`` builds it (one per prompt here: no
+    cross-prompt cache between tests)."""
+    import execution
+    return execution.PromptExecutor(server, **executor_options())
+
+
+def hijack_progress(server):
+    """Install the progress hook ``main.py`` installs (``hijack_progress``): it raises on interrupt, sends
+    ``progress`` and, for clients without preview metadata, the binary preview.  The previously installed
+    hook (e.g. the tests' ``progress`` fixture) is still called.  Returns a function that restores it."""
+    import comfy.model_management
+    import comfy.utils
+    try:
+        from protocol import BinaryEventTypes
+        preview_event = BinaryEventTypes.UNENCODED_PREVIEW_IMAGE
+    except ImportError:
+        preview_event = 2
+    try:
+        from comfy_execution.utils import get_executing_context
+    except ImportError:
+        get_executing_context = lambda: None   # noqa: E731
+    try:
+        from comfy_execution.progress import get_progress_state
+    except ImportError:
+        get_progress_state = None
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+
+    def hook(value, total, preview_image, prompt_id=None, node_id=None):
+        ctx = get_executing_context()
+        if prompt_id is None and ctx is not None:
+            prompt_id = ctx.prompt_id
+        if node_id is None and ctx is not None:
+            node_id = ctx.node_id
+        if previous is not None:
+            previous(value, total, preview_image, prompt_id=prompt_id, node_id=node_id)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        prompt_id = server.last_prompt_id if prompt_id is None else prompt_id
+        node_id = server.last_node_id if node_id is None else node_id
+        if get_progress_state is not None:
+            get_progress_state().update_progress(node_id, value, total, preview_image)
+        server.send_sync("progress", {"value": value, "max": total, "prompt_id": prompt_id, "node": node_id},
+                         server.client_id)
+        if preview_image is not None:
+            server.send_sync(preview_event, preview_image, server.client_id)
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    return lambda: comfy.utils.set_progress_bar_global_hook(previous)
 
 
 def mock_api_workflow(prompt, kind):

@@ -1,4 +1,4 @@
-"""Test-only mock models: a real ModelPatcher around a real BaseModel with a tiny net (comfy-host.md §9.3).
+"""Test-only mock models: a real ModelPatcher around a real BaseModel with a tiny net.
 
 Kinds: ``sd15`` (EPS, SD1.5 latent format, 768-d context), ``sdxl`` (comfy.model_base.SDXL
 with ``y`` ADM conditioning, 2048-d context), ``flow`` (rectified flow / CONST with discrete
@@ -28,6 +28,17 @@ class TinyNet(torch.nn.Module):
             self.conv.bias.zero_()
         self.to(dtype)
         self.calls = []
+        self.interrupt_after = None    # set k: the k-th call raises ComfyUI's interrupt flag as it returns
+        self.calls_at_interrupt = None  # how many calls had been made when the flag was raised
+
+    def _maybe_interrupt(self):
+        """Raise ComfyUI's interrupt flag from inside the model once it has made ``interrupt_after`` calls:
+        the trigger does not depend on how often the host reports progress."""
+        if self.interrupt_after is not None and self.calls_at_interrupt is None \
+                and len(self.calls) >= self.interrupt_after:
+            import comfy.model_management
+            comfy.model_management.interrupt_current_processing(True)
+            self.calls_at_interrupt = len(self.calls)
 
     def forward(self, x, timesteps, context=None, control=None, transformer_options={}, y=None, **kw):
         self.calls.append({
@@ -48,6 +59,7 @@ class TinyNet(torch.nn.Module):
             for c in control["output"]:
                 if c is not None:
                     out = out + c.to(out.dtype)
+        self._maybe_interrupt()
         return out
 
 

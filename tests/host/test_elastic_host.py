@@ -131,7 +131,7 @@ def test_interrupt_between_model_calls(host, progress):
 
 
 def test_memory_is_reserved_for_base_size_batches(host):
-    guider_cls = host.pack_module("nodes.elastic_nodes").ElasticGuider
+    guider_cls = host.pack_module("nodes.elastic_guider").ElasticCFGGuider
     g = guider_cls(make_model())
     g.set_elastic(64, view_batch_size=16)
     seen = []
@@ -167,3 +167,48 @@ def test_sample_of_a_batch_equals_the_same_sample_alone(host):
     one, _ = run_node(host, lat=alone, steps=3)
     assert torch.allclose(both["samples"][1:], one["samples"], atol=1e-5)
     assert not torch.allclose(both["samples"][:1], one["samples"], atol=1e-3)
+
+
+def test_model_family_base_resolutions(host):
+    fam = host.pack_module("nodes.elastic_host")
+    assert fam.base_resolution("SDXL") == 1024 and fam.base_resolution("sd15") == 512
+    assert fam.base_resolution("SD20") == 512 and fam.base_resolution("SD20", v_prediction=True) == 768
+    with pytest.raises(ValueError, match="model_family"):
+        fam.base_resolution("dalle")
+
+
+def test_node_grid_is_comfy_ddim_uniform_float32(host):
+    """The node uses ComfyUI's own ddim_uniform: the official 50-step DDIM grid t = 981 ... 1, float32,
+    and ComfyUI's quirk for steps that do not divide 1000 (30 steps give 31)."""
+    import comfy.samplers
+    ms = make_model().get_model_object("model_sampling")
+    s = comfy.samplers.calculate_sigmas(ms, "ddim_uniform", 50)
+    assert s.dtype == torch.float32 and len(s) == 51 and float(s[-1]) == 0.0
+    assert torch.equal(s[:-1], ms.sigmas[torch.arange(981, 0, -20)].float())
+    assert len(comfy.samplers.calculate_sigmas(ms, "ddim_uniform", 30)) == 32
+
+
+def test_validation_runs_once_per_run(host, monkeypatch):
+    elastic = host.pack_module("samplers.elastic")
+    seen = []
+    orig = elastic.validate_elastic
+    monkeypatch.setattr(elastic, "validate_elastic", lambda *a, **k: seen.append(a[0]) or orig(*a, **k))
+    run_node(host, steps=2)
+    assert seen == [[1, 4, 64, 128]]
+    guider = host.node("ElasticGuider").execute(
+        model=make_model(), positive=make_cond("sd15", 0.7), negative=make_cond("sd15", -0.3), cfg=6.0,
+        preset="auto", resampling_steps=-1, new_p=0.3, rrg_init_weight=-1.0, cosine_scale=10.0, rrg_stop_t=0.4,
+        repaint=True, patch_size=0, view_batch_size=16, base_resolution=0, size_cond="per_call", mode="clean")[0]
+    assert len(seen) == 1                                     # the guider node does not know the size yet
+    import comfy.samplers
+    sigmas = comfy.samplers.calculate_sigmas(guider.model_patcher.get_model_object("model_sampling"), "normal", 2)
+    sampling = host.pack_module("nodes.sampling")
+    sampling.run_guider(guider, guider.model_patcher, {"samples": torch.zeros(1, 4, 64, 128)},
+                        comfy.samplers.sampler_object("euler"), sigmas, 1)
+    assert len(seen) == 2 and list(seen[1]) == [1, 4, 64, 128]   # once when sampling starts
+
+
+def test_the_sampler_needs_its_guider_passed_explicitly(host):
+    mod = host.pack_module("nodes.elastic_nodes")
+    with pytest.raises(ValueError, match="extra_options"):
+        mod.sample_elastic_comfy(None, torch.zeros(1, 4, 8, 8), torch.tensor([1.0, 0.0]))

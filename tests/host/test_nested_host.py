@@ -58,13 +58,21 @@ def test_time_budget_returns_latest_estimate(host):
     assert len(net(model).calls) == 2
 
 
-def test_interrupt_is_honoured_within_one_inner_step(host, progress):
+@pytest.mark.parametrize("k", [1, 3, 4, 6])   # first call, mid outer step, an outer step's last call, 2nd outer step
+def test_interrupt_is_honoured_within_one_inner_step(host, k):
+    # The interrupt is raised from inside the mock model's k-th call (not from a progress update, which the
+    # host may throttle): no model evaluation may start after the flag is set, and the node raises
+    # ComfyUI's InterruptProcessingException.
     import comfy.model_management as mm
-    progress.on(lambda value, total, preview: value == 3 and mm.interrupt_current_processing(True))
     model = make_model()
-    with pytest.raises(mm.InterruptProcessingException):
-        run_ks(host, model=model, outer_steps=4, inner_steps=4)
-    assert len(net(model).calls) == 3                 # stopped before the 4th evaluation
+    net(model).interrupt_after = k
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run_ks(host, model=model, outer_steps=4, inner_steps=4)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert net(model).calls_at_interrupt == k
+    assert len(net(model).calls) - net(model).calls_at_interrupt == 0    # stopped within the interrupted call
 
 
 def test_prompt_switch_keeps_earlier_steps_bit_identical(host):

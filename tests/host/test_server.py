@@ -2,6 +2,11 @@
 
 Results come back through ``/history``; progress and preview messages are read on the websocket.
 The server loads this pack and the test-only pack through ``--extra-model-paths-config``.
+
+Previews are asked for the way the version supports: where the preview method is chosen per prompt
+(upstream #11261: the frontend sends its ``Comfy.Execution.PreviewMethod`` setting as
+``extra_data["preview_method"]``) the server runs with its CLI default and each prompt asks for
+``latent2rgb``; older versions get ``--preview-method latent2rgb`` on the command line.
 """
 import asyncio
 import json
@@ -30,6 +35,15 @@ def free_port():
         return s.getsockname()[1]
 
 
+def per_prompt_previews(host):
+    return host.supports_per_prompt_preview_method()
+
+
+def preview_extra(host, method="latent2rgb"):
+    """``extra_data`` asking for a preview method as the frontend does (it omits the key for "default")."""
+    return {"preview_method": method} if per_prompt_previews(host) and method != "default" else {}
+
+
 @pytest.fixture(scope="module")
 def server(host):
     tmp = tempfile.mkdtemp(prefix="nse_server_")
@@ -42,10 +56,12 @@ def server(host):
     port = free_port()
     log = open(os.path.join(tmp, "server.log"), "w")
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--extra-model-paths-config", yaml_path, "--preview-method", "latent2rgb",
+           "--extra-model-paths-config", yaml_path,
            "--output-directory", os.path.join(tmp, "out"), "--input-directory", os.path.join(tmp, "in"),
            "--temp-directory", tmp, "--user-directory", os.path.join(tmp, "user"),
            "--database-url", f"sqlite:///{os.path.join(tmp, 'db.sqlite')}", "--disable-auto-launch"]
+    if not per_prompt_previews(host):   # no per-prompt choice: the CLI default is the only switch
+        cmd += ["--preview-method", "latent2rgb"]
     proc = subprocess.Popen(cmd, cwd=host.path, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
 
@@ -77,12 +93,13 @@ def server(host):
         log.close()
 
 
-async def queue_and_watch(base, prompt, timeout=240):
+async def queue_and_watch(base, prompt, extra_data=None, timeout=240):
     client_id = str(uuid.uuid4())
     msgs, binary = [], []
     async with aiohttp.ClientSession() as s:
         async with s.ws_connect(f"{base.replace('http', 'ws')}/ws?clientId={client_id}") as ws:
-            async with s.post(f"{base}/prompt", json={"prompt": prompt, "client_id": client_id}) as r:
+            async with s.post(f"{base}/prompt", json={"prompt": prompt, "client_id": client_id,
+                                                     "extra_data": dict(extra_data or {})}) as r:
                 body = await r.json()
                 assert r.status == 200, body
                 pid = body["prompt_id"]
@@ -107,12 +124,12 @@ async def queue_and_watch(base, prompt, timeout=240):
 
 
 @pytest.mark.server
-def test_nested_api_workflow_through_the_server_queue(server):
+def test_nested_api_workflow_through_the_server_queue(server, host):
     base, _ = server
     path = os.path.join(comfy_host.ROOT, "workflows", "api", "nested_sd15.json")
     prompt = comfy_host.mock_api_workflow(json.load(open(path)), "sd15")
     prompt["5"]["inputs"].update(outer_steps=3, inner_steps=4)
-    pid, msgs, binary, history = asyncio.run(queue_and_watch(base, prompt))
+    pid, msgs, binary, history = asyncio.run(queue_and_watch(base, prompt, preview_extra(host)))
     errors = [m for m in msgs if m["type"] == "execution_error"]
     assert not errors, errors
     assert pid in history and history[pid]["status"]["status_str"] == "success"
@@ -128,14 +145,35 @@ API_FILES = sorted(f for f in os.listdir(os.path.join(comfy_host.ROOT, "workflow
 
 @pytest.mark.server
 @pytest.mark.parametrize("name", [f for f in API_FILES if not f.startswith("nested_sd15")])
-def test_every_api_workflow_runs_through_the_server(server, name):
+def test_every_api_workflow_runs_through_the_server(server, host, name):
     base, _ = server
     kind = "sdxl" if "sdxl" in name else "sd15"
     prompt = comfy_host.mock_api_workflow(json.load(open(os.path.join(comfy_host.ROOT, "workflows", "api", name))),
                                           kind)
-    pid, msgs, binary, history = asyncio.run(queue_and_watch(base, prompt))
+    pid, msgs, binary, history = asyncio.run(queue_and_watch(base, prompt, preview_extra(host)))
     assert not [m for m in msgs if m["type"] == "execution_error"]
     assert history[pid]["status"]["status_str"] == "success"
     assert any("images" in o for o in history[pid]["outputs"].values())
     assert [m for m in msgs if m["type"] == "progress"]                  # the bar moved
     assert [t for t in binary if t in (1, 4)]                            # previews were sent
+
+
+@pytest.mark.server
+def test_per_prompt_preview_method_none_vs_latent2rgb(server, host):
+    if not per_prompt_previews(host):
+        pytest.skip(f"ComfyUI {host.version} has no per-prompt preview method (extra_data['preview_method'], "
+                    "upstream #11261): the preview method is the CLI --preview-method only")
+    base, _ = server
+    path = os.path.join(comfy_host.ROOT, "workflows", "api", "nested_sd15.json")
+    prompt = comfy_host.mock_api_workflow(json.load(open(path)), "sd15")
+    prompt["5"]["inputs"].update(outer_steps=3, inner_steps=2)
+    seen = {}
+    for i, method in enumerate(("none", "latent2rgb", "default", "none")):   # a choice does not stick
+        prompt["5"]["inputs"]["seed"] = i + 1                                   # never served from the cache
+        pid, msgs, binary, history = asyncio.run(queue_and_watch(base, prompt, preview_extra(host, method)))
+        assert history[pid]["status"]["status_str"] == "success", [m for m in msgs if m["type"] == "execution_error"]
+        assert [m for m in msgs if m["type"] == "progress" and m["data"].get("node") == "5"]   # the bar still moves
+        seen.setdefault(method, []).append(len([t for t in binary if t in (1, 4)]))
+    assert seen["none"] == [0, 0]                 # "none": no binary preview messages at all
+    assert seen["latent2rgb"][0] >= 3             # "latent2rgb": one preview per outer step
+    assert seen["default"] == [0]                 # "default" = the server's CLI default, "none" here

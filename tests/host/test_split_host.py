@@ -169,9 +169,9 @@ def test_half_precision_model(host, dtype):
     ({"method": "ltsp8"}, "method must be one of"),
     ({"steps": 3}, "steps=3 is too few for method 'ltsp4'"),
     ({"split_term": "gradient", "guidance": "not a guidance"}, "guidance"),
-    ({"guidance_scale": -1.0}, "guidance_scale must be >= 0"),
+    ({"guidance_scale": -1.0}, r"guidance_scale must be a finite number between 0(\.0)? and 1000(\.0)? \(got -1.0\)"),
     ({"cfg": -2.0}, "cfg must be"),
-    ({"denoise": 0.0}, r"denoise must be in \(0, 1\]"),
+    ({"denoise": 0.0}, r"denoise must be a finite number between 0.01 and 1(\.0)? \(got 0.0\)"),
     ({"lat": {"samples": torch.zeros(4, 8, 8)}}, "latent_image must be a non-empty 4-D"),
 ])
 def test_bad_input_is_rejected_before_model_work(host, kw, msg):
@@ -199,7 +199,7 @@ def test_rescale_cfg_patch_is_kept_in_the_guidance_term(host):
 def test_probe_blends_the_base_with_the_mask_the_model_wrapper_uses(host):
     """Under an inpainting mask (and Differential Diffusion's mask function) the base prediction is
     blended like the model output, so G = final - base vanishes where the latent is kept."""
-    mod = host.pack_module("nodes.split_nodes")
+    mod = host.pack_module("nodes.split_probe")
 
     class FakeK:
         latent_image = torch.full((1, 4, 2, 2), 7.0)
@@ -216,8 +216,9 @@ def test_probe_blends_the_base_with_the_mask_the_model_wrapper_uses(host):
     extra = {"denoise_mask": mask, "model_options": {"denoise_mask_function": mask_fn}}
     probe = mod.ComfySplitProbe(FakeK(), extra)
     cond = torch.ones(1, 4, 2, 2)
-    final = probe.post_cfg_function({"denoised": cond * 3, "cond_denoised": cond, "uncond_denoised": cond * 0,
-                                     "sigma": torch.tensor([1.5])})
+    args = {"denoised": cond * 3, "cond_denoised": cond, "uncond_denoised": cond * 0, "sigma": torch.tensor([1.5])}
+    final = probe.post_cfg_function(args)
+    assert final is args["denoised"]                       # the hook records and changes nothing
     base = probe.base_prediction(final, "cond")
     expected = torch.tensor([[[[1.0, 7.0], [1.0, 7.0]]]]).expand(1, 4, 2, 2)
     assert torch.equal(base, expected)
