@@ -115,3 +115,18 @@ def test_official_outer_grid_names_its_limit():
     with pytest.raises(ValueError, match="steps must be an integer between 1 and 998"):
         nested.official_outer_sigmas(MS, 999)
     assert math.isclose(float(nested.official_outer_sigmas(MS, 1)[0]), float(MS.sigma(999)), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("steps", list(range(1, 1001, 37)) + [1, 2, 999, 1000])
+@pytest.mark.parametrize("denoise", [1.0, 0.5, 0.01])
+def test_split_respace_is_a_valid_grid_for_every_widget_value(steps, denoise):
+    from nse.samplers import split
+    if int(steps / denoise) > 1000:
+        with pytest.raises(ValueError, match="exceeds"):
+            split.split_respace_sigmas(MS, steps, denoise)
+        return
+    sig = split.split_respace_sigmas(MS, steps, denoise)
+    assert len(sig) == steps + 1 and float(sig[-1]) == 0.0
+    assert bool(torch.all(sig[:-1] > sig[1:]))
+    if denoise == 1.0:
+        assert math.isclose(float(sig[0]), float(MS.sigmas[-1]), rel_tol=1e-6)    # starts at the top

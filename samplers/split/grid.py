@@ -50,5 +50,7 @@ def split_respace_sigmas(model_sampling, steps: int, denoise: float = 1.0, dtype
         taus = [t_lo + t for t in respaced_timesteps(int(round(t_hi - t_lo)) + 1, max(total, 2))]
         sig = torch.as_tensor(model_sampling.sigma(torch.tensor(taus[::-1], dtype=torch.float64)))
         sig = sig.to(torch.float64).cpu()
+    if total == 1:                  # one step runs from the top of the schedule, not from sigma_min
+        sig = sig.reshape(-1)[:1]
     sig = torch.cat([sig.reshape(-1), sig.new_zeros(1)])
     return sig[-(steps + 1):].to(dtype)

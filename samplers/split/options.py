@@ -96,20 +96,12 @@ def min_steps(method: str) -> int:
 
 
 def check_steps(method: str, steps) -> None:
-    """``steps`` (``len(sigmas) - 1``) is an integer of at least :func:`min_steps` for ``method``."""
-    check_int("steps", steps)
-    need = min_steps(method)
-    if steps >= need:
-        return
-    family, order = parse_method(method)
-    if family == "plms":
-        warm = f"Heun first step, AB2..AB{order}, Euler last step"
-    elif order > 1:
-        warm = f"Adams-Bashforth warm-up AB1..AB{order - 1} plus one AB{order} step"
-    else:
-        warm = "one step"
-    raise ValueError(f"steps={steps} is too few for method {method!r}: it needs at least {need} steps "
-                     f"({warm}); use more steps or a lower-order method")
+    """``steps`` (``len(sigmas) - 1``) is an integer >= 1.  Any count runs: while the history is
+    shorter than the order, the multistep methods use the lower-order Adams-Bashforth warm-up
+    (a short tail of a split schedule, a refiner pass or denoise < 1 works like ComfyUI's ipndm);
+    :func:`min_steps` is the count from which the full order is used at least once."""
+    parse_method(method)
+    check_int("steps", steps, 1)
 
 
 def validate_guidance(guidance) -> None:
