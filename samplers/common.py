@@ -157,17 +157,17 @@ def get_ancestral_step(sigma_from, sigma_to, eta: float = 1.0):
     return sigma_down, sigma_up
 
 
-def stream_seed(seed: int, purpose: str, *index: int) -> int:
+def stream_seed(seed: int, purpose: str, *index) -> int:
     """The 63-bit seed of the random stream ``(seed, purpose, *index)``.
 
     The tuple is mixed by a 64-bit hash, never by adding offsets: neighbouring seeds, purposes and
     indices give unrelated streams (with ``seed + i`` stream i of seed s+1 would be stream i+1 of s).
     """
-    key = repr((int(seed), str(purpose)) + tuple(int(i) for i in index)).encode()
+    key = repr((int(seed), str(purpose)) + tuple(i if isinstance(i, str) else int(i) for i in index)).encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & ((1 << 63) - 1)
 
 
-def keyed_generator(seed: int, purpose: str, *index: int) -> torch.Generator:
+def keyed_generator(seed: int, purpose: str, *index) -> torch.Generator:
     """A CPU generator for the stream ``(seed, purpose, *index)`` (results do not depend on the device)."""
     return torch.Generator(device="cpu").manual_seed(stream_seed(seed, purpose, *index))
 

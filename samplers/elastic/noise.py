@@ -1,29 +1,24 @@
 """Keyed randomness and the background pads of base-size calls.
 
-Every random draw comes from its own CPU ``torch.Generator`` keyed by (purpose, seed + sample id,
-step, ...), never from the global RNG, so a result does not depend on the device, on the batch
+Every random draw comes from its own CPU ``torch.Generator`` keyed by a hash of (seed, purpose,
+sample id, step, ...) — never seed + id, so neighbouring seeds and samples share no stream — and
+never from the global RNG, so a result does not depend on the device, on the batch
 size of the calls, or on which other samples share the batch.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
+from ..common import keyed_generator
 from . import official
 
 __all__ = ["StepRandom", "pad_sizes", "pad_to_base"]
 
 
-def _generator(*key) -> torch.Generator:
-    """A CPU generator seeded from a hash of ``key`` (any repr-able values)."""
-    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
-    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
-
-
 class StepRandom:
-    """All random draws of one step, keyed by (seed + sample, step, purpose).
+    """All random draws of one step, keyed by (seed, purpose, sample id, step).
 
     ``picks`` sub-pixel choices, ``pad_parts`` background colour latent + unit noise of a pad block
     (identical for every call of the step with the same side and shape, as in the official code),
@@ -35,9 +30,9 @@ class StepRandom:
         self.sample_ids = None if sample_ids is None else [int(v) for v in sample_ids]
         self._pads: Dict[Tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _key(self, sample: int) -> int:
-        """Seed of sample ``sample``: seed + its id (its row index, or e.g. ComfyUI's batch_index)."""
-        return self.seed + (sample if self.sample_ids is None else self.sample_ids[sample])
+    def _id(self, sample: int) -> int:
+        """The id of sample ``sample`` keying its streams: its row index, or e.g. ComfyUI's batch_index."""
+        return sample if self.sample_ids is None else self.sample_ids[sample]
 
     def picks(self, sample: int, rounds: int) -> torch.Tensor:
         """Candidate index per reference pixel for rounds 0..rounds-1 -> LongTensor [rounds, h, w].
@@ -52,7 +47,7 @@ class StepRandom:
         out = [cur]
         if rounds <= 1 or geo.trivial:
             return cur.expand(max(rounds, 1), -1, -1).contiguous().to(self.plan.device)
-        gen = _generator("subpixel", self._key(sample), self.step)
+        gen = keyed_generator(self.seed, "elastic-subpixel", self._id(sample), self.step)
         valid = geo.valid.cpu()
         used = torch.zeros(geo.h, geo.w, geo.K, dtype=torch.bool)
         used[..., 0] = True
@@ -84,7 +79,7 @@ class StepRandom:
         key = (sample, side, ph, pw)
         if key not in self._pads:
             plan = self.plan
-            gen = _generator("pad", self._key(sample), self.step, side, ph, pw)
+            gen = keyed_generator(self.seed, "elastic-pad", self._id(sample), self.step, side, ph, pw)
             bg = plan.background
             colour = int(torch.randint(0, bg.shape[0], (1,), generator=gen))
             noise = torch.randn(plan.config.channels, ph, pw, generator=gen, dtype=torch.float64)
@@ -99,7 +94,7 @@ class StepRandom:
 
     def repaint_noise(self, sample: int) -> torch.Tensor:
         cfg = self.plan.config
-        gen = _generator("repaint", self._key(sample), self.step)
+        gen = keyed_generator(self.seed, "elastic-repaint", self._id(sample), self.step)
         xi = torch.randn(cfg.channels, cfg.height, cfg.width, generator=gen, dtype=torch.float64)
         return xi.to(self.plan.device, self.plan.dtype)
 
