@@ -31,8 +31,14 @@ def _model_cond_inputs():
             io.Conditioning.Input("negative", tooltip="Negative conditioning.")]
 
 
-def _elastic_inputs():
-    return [
+#: widgets of the full step only (repaint and reduced-resolution guidance change the sampler's state,
+#: which a GUIDER cannot do); ElasticGuider does not show them.
+STEP_ONLY = ("rrg_init_weight", "cosine_scale", "rrg_stop_t", "repaint")
+STEP_ONLY_DEFAULTS = {"rrg_init_weight": -1.0, "cosine_scale": 10.0, "rrg_stop_t": 0.4, "repaint": False}
+
+
+def _elastic_inputs(step_only: bool = True):
+    inputs = [
         io.Combo.Input("preset", options=list(elastic.PRESETS), default="auto",
                        tooltip="'auto' picks resampling steps and RRG weight from the target size over the base "
                                "size (the paper's table); 'custom' uses the values below (-1 = 0)."),
@@ -64,6 +70,7 @@ def _elastic_inputs():
                        tooltip="'clean': exact sub-pixel sampler, any size, feathered windows. 'faithful': the "
                                "official behaviour (2x at most)."),
     ]
+    return inputs if step_only else [i for i in inputs if i.id not in STEP_ONLY]
 
 
 def _sampler_options(preset, resampling_steps, new_p, rrg_init_weight, cosine_scale, rrg_stop_t, repaint,
@@ -178,9 +185,9 @@ class ElasticGuider(io.ComfyNode):
                         "local patches), so any size works from a fixed-resolution model. The full method (repaint, "
                         "reduced-resolution guidance) is the one-node Elastic Latent Sampler.",
             inputs=_model_cond_inputs() + [
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1,
-                               tooltip="Guidance scale of the global class direction."),
-            ] + _elastic_inputs() + [
+                io.Float.Input("cfg", default=10.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Guidance scale of the global class direction (official default 10)."),
+            ] + _elastic_inputs(step_only=False) + [
                 io.Vae.Input("vae", optional=True, tooltip="Optional VAE for the background colours of the "
                                                            "padded reference."),
             ],
@@ -190,7 +197,7 @@ class ElasticGuider(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, cfg, vae=None, **widgets):
         sampling.check_widgets(cls, cfg=cfg, **widgets)
-        guider = make_guider(model, positive, negative, cfg, **widgets)   # validated when sampling starts
+        guider = make_guider(model, positive, negative, cfg, **widgets, **STEP_ONLY_DEFAULTS)   # validated at sampling
         guider.set_background(background_latents(model, vae, 0))
         return io.NodeOutput(guider)
 

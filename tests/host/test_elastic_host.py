@@ -80,6 +80,7 @@ def test_at_base_size_no_work_is_duplicated(host):
 
 def test_elastic_guider_under_sampler_custom_advanced(host):
     from comfy_host import custom_advanced_prompt
+    # an API prompt saved before 0.2 still carries the step-only widgets; ComfyUI ignores them
     prompt = custom_advanced_prompt(
         ("ElasticGuider", {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "cfg": 6.0,
                            "preset": "auto", "resampling_steps": -1, "new_p": 0.3, "rrg_init_weight": -1.0,
@@ -197,8 +198,8 @@ def test_validation_runs_once_per_run(host, monkeypatch):
     assert seen == [[1, 4, 64, 128]]
     guider = host.node("ElasticGuider").execute(
         model=make_model(), positive=make_cond("sd15", 0.7), negative=make_cond("sd15", -0.3), cfg=6.0,
-        preset="auto", resampling_steps=-1, new_p=0.3, rrg_init_weight=-1.0, cosine_scale=10.0, rrg_stop_t=0.4,
-        repaint=True, patch_size=0, view_batch_size=16, base_resolution=0, size_cond="per_call", mode="clean")[0]
+        preset="auto", resampling_steps=-1, new_p=0.3, patch_size=0, view_batch_size=16, base_resolution=0,
+        size_cond="per_call", mode="clean")[0]
     assert len(seen) == 1                                     # the guider node does not know the size yet
     import comfy.samplers
     sigmas = comfy.samplers.calculate_sigmas(guider.model_patcher.get_model_object("model_sampling"), "normal", 2)
@@ -212,3 +213,10 @@ def test_the_sampler_needs_its_guider_passed_explicitly(host):
     mod = host.pack_module("nodes.elastic_nodes")
     with pytest.raises(ValueError, match="extra_options"):
         mod.sample_elastic_comfy(None, torch.zeros(1, 4, 8, 8), torch.tensor([1.0, 0.0]))
+
+
+def test_elastic_guider_shows_only_widgets_it_uses(host):
+    shown = set(host.node("ElasticGuider").INPUT_TYPES()["required"])
+    assert not shown & {"rrg_init_weight", "cosine_scale", "rrg_stop_t", "repaint"}
+    sampler = host.node("ElasticLatentSampler").INPUT_TYPES()["required"]
+    assert host.node("ElasticGuider").INPUT_TYPES()["required"]["cfg"][1]["default"] == sampler["cfg"][1]["default"]
