@@ -220,3 +220,18 @@ def test_elastic_guider_shows_only_widgets_it_uses(host):
     assert not shown & {"rrg_init_weight", "cosine_scale", "rrg_stop_t", "repaint"}
     sampler = host.node("ElasticLatentSampler").INPUT_TYPES()["required"]
     assert host.node("ElasticGuider").INPUT_TYPES()["required"]["cfg"][1]["default"] == sampler["cfg"][1]["default"]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_interrupt_is_honoured_within_one_model_call(host, k):
+    import comfy.model_management as mm
+    model = make_model()
+    net(model).interrupt_after = k
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run_node(host, model=model, steps=4)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert net(model).calls_at_interrupt == k
+    # every base-size call checks the flag first; one call may be split into two forwards by the host
+    assert len(net(model).calls) - k <= 1

@@ -232,3 +232,18 @@ def test_short_schedules_run(host, method, steps):
     assert torch.isfinite(out["samples"]).all()
     out, _ = run_node(host, method=method, steps=4 * steps, denoise=0.25)      # a short img2img tail
     assert torch.isfinite(out["samples"]).all()
+
+
+@pytest.mark.parametrize("method", ["ltsp4", "stsp4"])
+@pytest.mark.parametrize("k", [1, 4])
+def test_interrupt_is_honoured_within_one_model_call(host, method, k):
+    import comfy.model_management as mm
+    model = make_model()
+    net(model).interrupt_after = k
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run_node(host, model=model, method=method, eval_mode="sequential", steps=8)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert net(model).calls_at_interrupt == k
+    assert len(net(model).calls) == k                  # no model evaluation started after the flag
