@@ -152,3 +152,38 @@ def test_elastic_neighbouring_seed_and_index_pairs_are_independent():
         alone = elastic.sample_elastic(den, xa[1:2], sig, seed=s, sample_ids=[1], **opts)
         assert torch.equal(alone, a[1:2])                # a sample alone == the same sample in a batch
     assert max(abs(c) for c in cs) < 0.1, cs
+
+
+def test_split_defaults_work_for_a_plain_k_diffusion_denoiser():
+    from nse.samplers import split
+    sig = torch.tensor([14.6, 6.0, 2.5, 1.0, 0.3, 0.0], dtype=torch.float64)
+    x = torch.randn(2, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 14.6
+    out = split.sample_split(lambda x, s: gaussian_denoiser(x, s), x, sig)       # no probe: iPNDM on D
+    ref = split.sample_split(gaussian_denoiser, x, sig, split_term="none")
+    assert torch.equal(out, ref) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("x,model,msg", [
+    (torch.full((1, 4), float("nan")), gaussian_denoiser, "x contains NaN or infinite values"),
+    (torch.tensor(1.0), gaussian_denoiser, "x must be a tensor with a non-empty batch dimension"),
+    (torch.zeros(1, 3, 8, 8), lambda x, s: x[:, :1], r"model returned \(1, 1, 8, 8\) for an input of shape"),
+    (torch.zeros(1, 4), "euler", "model must be a denoiser"),
+])
+def test_split_bad_input_is_named(x, model, msg):
+    from nse.samplers import split
+    with pytest.raises(ValueError, match=msg):
+        split.sample_split(model, x, torch.tensor([2.0, 1.0, 0.0]), split_term="none")
+
+
+@pytest.mark.parametrize("x,msg", [
+    (torch.full((1, 4, 8, 8), float("nan")), "x contains NaN or infinite values"),
+    (torch.zeros(1, 4, 8, 8, dtype=torch.long), "x must be a floating-point tensor"),
+])
+def test_elastic_bad_input_is_named(x, msg):
+    from nse.samplers import elastic
+
+    def never(*a):
+        raise AssertionError("model called")
+
+    with pytest.raises(ValueError, match=msg):
+        elastic.sample_elastic(never, x, torch.tensor([2.0, 1.0, 0.0]), base=8)

@@ -773,7 +773,7 @@ class NeverCalled:
     ({"method": "ltsp4", "split_term": "gradient", "guidance": ZeroGuidance(), "guidance_scale": -1.0},
      r"guidance_scale must be a finite number >= 0 \(got -1.0\)"),
     ({"method": "ltsp4", "split_term": "none", "guidance_scale": float("nan")}, r"guidance_scale must be a finite number"),
-    ({"method": "ltsp4"}, r"split_term='cfg_delta' with method 'ltsp4' needs a split_probe"),
+    ({"method": "ltsp4", "split_term": "cfg_delta"}, r"split_term='cfg_delta' with method 'ltsp4' needs a split_probe"),
     ({"method": "ltsp4", "split_term": "none", "split_probe": object()}, r"split_probe must provide base_prediction"),
     ({"method": "ltsp4", "split_term": "none", "clamp_denoised": 1}, r"clamp_denoised must be True or False \(got 1\)"),
 ])

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 import torch
 
-from ..common import to_d
+from ..common import check_x, to_d
 from .config import ElasticPlan, RowMeta, RRG_MIN_WEIGHT, make_plan, validate_elastic
 from .noise import StepRandom, pad_to_base
 
@@ -237,6 +237,7 @@ def sample_elastic(denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
     already validated for this latent and these sigmas).
     """
     extra_args = {} if extra_args is None else extra_args
+    check_x(x)
     seed = options.pop("seed", None)
     if seed is None:
         seed = extra_args.get("seed", 0) or 0

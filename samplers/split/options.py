@@ -144,6 +144,8 @@ def validate_split_options(method: str = METHODS[0], steps: Optional[int] = None
     ``steps``: number of sampling steps (``len(sigmas) - 1``), checked against :func:`min_steps` when
     given.  ``cfg``: optional CFG scale of the caller (checked for >= 0 only).  ``model``: used to find
     a default probe (a model with ``base_prediction``).  Other keywords: :data:`DEFAULTS`.
+    Without an explicit ``split_term`` it follows the pieces given: ``gradient`` with a guidance,
+    ``cfg_delta`` with a split probe, else ``none`` (a plain k-diffusion denoiser runs iPNDM/PLMS/DDIM).
     """
     family, order = parse_method(method)
     unknown = sorted(set(options) - set(DEFAULTS))
@@ -155,6 +157,11 @@ def validate_split_options(method: str = METHODS[0], steps: Optional[int] = None
         check_steps(method, steps)
 
     split_term, guidance = opts["split_term"], opts["guidance"]
+    probe = opts["split_probe"]
+    if probe is None and model is not None and callable(getattr(model, "base_prediction", None)):
+        probe = model
+    if "split_term" not in options:           # not chosen: what the given pieces allow
+        split_term = "gradient" if guidance is not None else ("cfg_delta" if probe is not None else "none")
     if split_term == "gradient":
         if guidance is None:
             raise ValueError("split_term='gradient' needs a guidance object "
@@ -164,9 +171,6 @@ def validate_split_options(method: str = METHODS[0], steps: Optional[int] = None
         raise ValueError(f"guidance is only used with split_term='gradient'; got split_term={split_term!r} "
                          f"(allowed with guidance: 'gradient')")
 
-    probe = opts["split_probe"]
-    if probe is None and model is not None and callable(getattr(model, "base_prediction", None)):
-        probe = model
     if probe is not None:
         validate_probe(probe)
     if split_term == "cfg_delta" and probe is None and (family in ("ltsp", "stsp") or opts["clamp_denoised"]):

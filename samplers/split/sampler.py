@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..common import batch_sigma, check_sigmas
+from ..common import CheckedDenoiser, batch_sigma, check_callable, check_sigmas, check_x
 from .options import METHODS, SplitConfig, check_steps, validate_split_options
 
 __all__ = ["ab_coefficients", "sample_split", "run_split", "SAMPLERS", "sample_ddim", "sample_plms2",
@@ -277,8 +277,11 @@ def run_split(model, x, sigmas, config: SplitConfig, extra_args=None, callback=N
     ``{'x', 'i', 'sigma', 'sigma_hat', 'denoised'}`` with x the state at the start of step i and
     denoised the x0 estimate of that step.
     """
+    check_callable("model", model, "a denoiser model(x, sigma, **extra_args) -> x0")
+    check_x(x)
     sig = check_sigmas(sigmas)
     check_steps(config.method, len(sig) - 1)
+    model = CheckedDenoiser(model)
     extra_args = {} if extra_args is None else extra_args
     in_dtype = x.dtype
     work = torch.float64 if in_dtype == torch.float64 else torch.float32
