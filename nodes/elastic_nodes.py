@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 
-import comfy.sample
 import comfy.samplers
 import latent_preview
 from comfy_api.latest import io
 
 from ..samplers import elastic
-from . import sampling
+from . import compat, sampling
 from .elastic_guider import ElasticCFGGuider
 from .elastic_host import VAE_SCALE, background_latents, check_model, detect_base_px
 
@@ -101,7 +100,7 @@ def image_latent_shape(model, latent_image) -> list:
         raise ValueError("latent_image has a noise mask (inpainting), which ElasticDiffusion does not support")
     if x.ndim != 4:
         raise ValueError(f"latent_image must be a 4-D image latent [B,C,H,W] (got shape {tuple(x.shape)})")
-    return list(comfy.sample.fix_empty_latent_channels(model, x).shape)
+    return list(compat.fix_empty_latent_channels(model, latent_image).shape)
 
 
 def sample_elastic_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, guider=None,

@@ -11,7 +11,7 @@ import comfy.samplers
 import comfy.utils
 
 from ..samplers import nested
-from . import sampling
+from . import compat, sampling
 
 OFFICIAL_DPM = "official_dpm_2s_grid"
 OUTER_INDEX_KEY = "nested_outer_index"
@@ -124,7 +124,7 @@ class AnytimeReport:
         self.pbar.update_absolute(nfe, self.total)
 
     def callback(self, step, x0, x, total_steps):
-        self.estimates.append(x0.detach().to(torch.float32).cpu())
+        self.estimates.append(compat.image_part(x0).detach().to(torch.float32).cpu())
         self.pbar.update_absolute(self.nfe, self.total, self.previewer.image(x0))
 
     def should_stop(self, i: int) -> bool:

@@ -6,7 +6,7 @@ import time
 from comfy_api.latest import io
 
 from ..samplers import nested
-from . import sampling
+from . import compat, sampling
 from .nested_anytime import (AnytimeReport, NestedGuider, inner_sampler_names, inner_scheduler_names,
                              make_nested_sampler, outer_scheduler_names)
 
@@ -167,7 +167,7 @@ class NestedKSampler(io.ComfyNode):
         if positive_2 is not None:
             guider.set_switch(positive_2, negative if negative_2 is None else negative_2, switch_at_outer_step)
         total = max(1, outer_steps * inner_steps * sampling.EVALS_PER_STEP.get(inner_sampler, 1))
-        report = AnytimeReport(model, None if cls.hidden is None else cls.hidden.unique_id, total, time_budget,
+        report = AnytimeReport(model, compat.node_id(cls), total, time_budget,
                                started)
         sampler = make_nested_sampler(inner_sampler=inner_sampler, inner_steps=inner_steps,
                                       inner_scheduler=inner_scheduler, inner_eta=inner_eta, outer_eta=outer_eta,

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from ..samplers.checks import check_bool, check_choice, check_float, check_int
+from . import compat
 
 import comfy.model_management
 import comfy.model_sampling
@@ -51,11 +52,11 @@ def check_latent(latent, name: str = "latent_image") -> torch.Tensor:
     if not isinstance(latent, dict) or "samples" not in latent:
         raise ValueError(f"{name} must be a LATENT (a dict with 'samples'), got {type(latent).__name__}")
     x = latent["samples"]
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name}['samples'] must be a tensor, got {type(x).__name__}")
     if getattr(x, "is_nested", False):
         raise ValueError(f"{name} is a nested (multi-part, e.g. audio+video) latent, which this sampler cannot "
                          "handle; use a single image or video latent")
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}['samples'] must be a tensor, got {type(x).__name__}")
     if x.ndim not in (4, 5) or x.numel() == 0:
         raise ValueError(f"{name} must be a non-empty 4-D image latent [B,C,H,W] or 5-D video latent "
                          f"(got shape {tuple(x.shape)})")
@@ -65,13 +66,6 @@ def check_latent(latent, name: str = "latent_image") -> torch.Tensor:
     if mask is not None and not isinstance(mask, torch.Tensor):
         raise ValueError(f"{name}['noise_mask'] must be a tensor, got {type(mask).__name__}")
     return x
-
-
-def check_choice(name: str, value, options) -> str:
-    if value not in options:
-        shown = ", ".join(map(str, list(options)[:12])) + (", ..." if len(options) > 12 else "")
-        raise ValueError(f"{name} must be one of {shown} (got {value!r})")
-    return value
 
 
 # ------------------------------------------------------------------------------------------
@@ -138,7 +132,7 @@ class Previewer:
     def image(self, x0):
         if self.previewer is None or x0 is None:
             return None
-        return self.previewer.decode_latent_to_preview_image("JPEG", x0)
+        return self.previewer.decode_latent_to_preview_image("JPEG", compat.image_part(x0))
 
 
 # ------------------------------------------------------------------------------------------
@@ -146,15 +140,12 @@ class Previewer:
 # ------------------------------------------------------------------------------------------
 def run_guider(guider, model, latent: dict, sampler, sigmas, seed: int, callback=None):
     """Sample with ``guider``/``sampler`` like SamplerCustomAdvanced; returns the output LATENT dict."""
-    x = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    x = compat.fix_empty_latent_channels(model, latent)
     noise = comfy.sample.prepare_noise(x, seed, latent.get("batch_index"))
     out = guider.sample(noise, x, sampler, sigmas, denoise_mask=latent.get("noise_mask"), callback=callback,
                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     out = out.to(comfy.model_management.intermediate_device())
-    result = latent.copy()
-    result["samples"] = out
-    result.pop("downscale_ratio_spacial", None)
-    return result
+    return compat.output_latent(latent, out)
 
 
 def process_out(model, x0: torch.Tensor) -> torch.Tensor:
