@@ -23,6 +23,7 @@ import comfy.patcher_extension
 import comfy.samplers
 
 from ..samplers import elastic
+from ..samplers.common import check_x
 from .elastic_host import VAE_SCALE, check_conditioning, is_sdxl_like
 
 
@@ -93,6 +94,12 @@ class ElasticCFGGuider(comfy.samplers.CFGGuider):
     def config_for(self, shape, sigmas=None) -> elastic.ElasticConfig:
         """The validated configuration for latents of ``shape`` (and the run's ``sigmas`` when known)."""
         c = self._config
+        if len(shape) == 4 and 0 in tuple(shape):
+            raise ValueError(f"latent_image must be a non-empty 4-D image latent [B,C,H,W] (got shape {tuple(shape)})")
+        want = getattr(self.model_patcher.get_model_object("latent_format"), "latent_channels", None)
+        if want is not None and len(shape) == 4 and shape[1] != want:
+            raise ValueError(f"latent_image has {shape[1]} channels but this model's latents have {want} (a latent "
+                             "made for another model family?)")
         if c is None or (c.channels, c.height, c.width) != tuple(shape[1:]):
             c = elastic.validate_elastic(shape, sigmas, base=self.base, cfg=self.cfg, **self.elastic_options)
             self._config, self._plan = c, None
@@ -114,6 +121,7 @@ class ElasticCFGGuider(comfy.samplers.CFGGuider):
         2B(R+1) rows (or 2B·ref_batch_size), a patch call view_batch_size·B; ComfyUI's estimate
         doubles the batch for cond/uncond, hence the halving."""
         shape = list(noise_shape)
+        self._x_checked = False
         if len(shape) == 4:
             B = shape[0]
             cfg = self.config_for(shape)
@@ -186,6 +194,9 @@ class ElasticCFGGuider(comfy.samplers.CFGGuider):
 
     def composite(self, x, sigma: float, step: int, model_options, seed=None):
         """The composite x0 at the current cfg (global + local passes) for step ``step``."""
+        if not getattr(self, "_x_checked", False):     # once per run: the sampled latent is finite
+            check_x(x, "latent_image")
+            self._x_checked = True
         plan = self.plan_for(x)
         rnd = elastic.StepRandom(plan, 0 if seed is None else seed, step)
         d, _ = elastic.elastic_denoise(self.elastic_denoiser(model_options), x.float(), sigma, plan, rnd,

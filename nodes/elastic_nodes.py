@@ -83,6 +83,8 @@ def _sampler_options(preset, resampling_steps, new_p, rrg_init_weight, cosine_sc
 
 def make_guider(model, positive, negative, cfg, base_resolution, size_cond, **widgets) -> ElasticCFGGuider:
     """The guider both nodes use, after the host checks (model, conditioning, base size); no model work."""
+    sampling.check_model(model)
+    sampling.check_conds(positive=positive, negative=negative)
     check_model(model)
     base_px = base_resolution or detect_base_px(model)
     if base_px % VAE_SCALE:
@@ -95,7 +97,7 @@ def make_guider(model, positive, negative, cfg, base_resolution, size_cond, **wi
 
 def image_latent_shape(model, latent_image) -> list:
     """The shape the sampler will see (empty latents get the model's channels), 4-D image latents only."""
-    x = sampling.check_latent(latent_image)
+    x = sampling.check_latent_for(model, latent_image)
     if latent_image.get("noise_mask") is not None:
         raise ValueError("latent_image has a noise mask (inpainting), which ElasticDiffusion does not support")
     if x.ndim != 4:

@@ -50,6 +50,7 @@ def sample_nested_comfy(model, x, sigmas, extra_args=None, callback=None, disabl
                         inner_eta=0.85, outer_eta=1.0, inner_end="zero", on_model_call=None, should_stop=None,
                         sample_ids=None):
     """The k-diffusion function behind the SAMPLER: resolves ComfyUI pieces, then runs sample_nested."""
+    sampling.check_sampler_input(x, extra_args, model)
     ms = model.inner_model.model_patcher.get_model_object("model_sampling")
     if inner_sampler == OFFICIAL_DPM:
         fn, opts, discard = nested.sample_dpm_2s_grid, {}, False

@@ -82,6 +82,7 @@ class NestedOfficialOuterScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, steps):
+        sampling.check_model(model)
         sampling.check_widgets(cls, steps=steps)
         return io.NodeOutput(nested.official_outer_sigmas(sampling.model_sampling_of(model), steps).float())
 
@@ -153,7 +154,8 @@ class NestedKSampler(io.ComfyNode):
                 inner_scheduler, outer_scheduler, denoise, inner_eta, outer_eta, time_budget,
                 switch_at_outer_step, positive_2=None, negative_2=None):
         started = time.monotonic()
-        sampling.check_latent(latent_image)
+        sampling.check_latent_for(model, latent_image)
+        sampling.check_conds(positive=positive, negative=negative, optional=dict(positive_2=positive_2, negative_2=negative_2))
         sampling.check_widgets(cls, seed=seed, outer_steps=outer_steps, inner_steps=inner_steps, cfg=cfg,
                                inner_sampler=inner_sampler, inner_scheduler=inner_scheduler,
                                outer_scheduler=outer_scheduler, denoise=denoise, inner_eta=inner_eta,

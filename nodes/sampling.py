@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from ..samplers.checks import check_bool, check_choice, check_float, check_int
+from ..samplers.common import check_x
 from . import compat
 
 import comfy.model_management
@@ -62,10 +63,80 @@ def check_latent(latent, name: str = "latent_image") -> torch.Tensor:
                          f"(got shape {tuple(x.shape)})")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values")
-    mask = latent.get("noise_mask")
-    if mask is not None and not isinstance(mask, torch.Tensor):
-        raise ValueError(f"{name}['noise_mask'] must be a tensor, got {type(mask).__name__}")
+    check_noise_mask(latent.get("noise_mask"), f"{name}['noise_mask']")
     return x
+
+
+def check_noise_mask(mask, name: str = "latent_image['noise_mask']") -> None:
+    """An inpainting mask, when given: a non-empty finite tensor."""
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor, got {type(mask).__name__}")
+    if mask.numel() == 0 or not torch.isfinite(mask).all():
+        raise ValueError(f"{name} must be a non-empty mask of finite values in [0, 1] (got shape "
+                         f"{tuple(mask.shape)}{', with NaN/inf' if mask.numel() else ''})")
+
+
+def check_model(model, name: str = "model"):
+    """A MODEL (ComfyUI's ModelPatcher), not a value typed into an API prompt."""
+    if not (hasattr(model, "get_model_object") and hasattr(model, "model")):
+        raise ValueError(f"{name} must be a MODEL (connect a model loader), got {type(model).__name__}")
+    return model
+
+
+def check_conditioning(cond, name: str):
+    """A CONDITIONING: a list of [tensor, dict] pairs, as the text encoders produce."""
+    ok = isinstance(cond, list) and all(isinstance(c, (list, tuple)) and len(c) >= 2 and isinstance(c[0], torch.Tensor)
+                                        and isinstance(c[1], dict) for c in cond)
+    if not ok:
+        raise ValueError(f"{name} must be a CONDITIONING (connect a text encoder), got {type(cond).__name__}")
+    return cond
+
+
+def check_conds(optional=None, **required) -> None:
+    """Each CONDITIONING input: the required ones always, the optional ones when connected (not None)."""
+    for name, cond in required.items():
+        check_conditioning(cond, name)
+    for name, cond in (optional or {}).items():
+        if cond is not None:
+            check_conditioning(cond, name)
+
+
+def check_latent_for(model, latent, name: str = "latent_image") -> torch.Tensor:
+    """:func:`check_latent` plus the model's latent channel count (after ComfyUI's fix of empty latents)."""
+    check_model(model)
+    check_latent(latent, name)
+    x = compat.fix_empty_latent_channels(model, latent)
+    want = latent_channels(model)
+    if want is not None and x.ndim == 4 and x.shape[1] != want:
+        raise ValueError(f"{name} has {x.shape[1]} channels but this model's latents have {want} (a latent made "
+                         "for another model family?)")
+    return x
+
+
+def latent_channels(model_patcher):
+    """The model's latent channel count, or None where the model does not say."""
+    try:
+        return getattr(model_patcher.get_model_object("latent_format"), "latent_channels", None)
+    except Exception:
+        return None
+
+
+def check_sampler_input(x, extra_args, model=None, name: str = "latent_image") -> None:
+    """For SAMPLER functions under SamplerCustomAdvanced: the latent and its mask, named for the user."""
+    try:
+        check_x(x, name)
+    except ValueError as e:
+        raise ValueError(f"{e} (the latent given to SamplerCustomAdvanced)") from None
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
+    check_noise_mask((extra_args or {}).get("denoise_mask"), f"{name}['noise_mask']")
+    patcher = getattr(getattr(model, "inner_model", None), "model_patcher", None)
+    want = None if patcher is None else latent_channels(patcher)
+    if want is not None and x.ndim == 4 and x.shape[1] != want:
+        raise ValueError(f"{name} has {x.shape[1]} channels but this model's latents have {want} (a latent made "
+                         "for another model family?)")
 
 
 # ------------------------------------------------------------------------------------------

@@ -89,6 +89,7 @@ class SplitRespace(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, steps, denoise):
+        sampling.check_model(model)
         sampling.check_widgets(cls, steps=steps, denoise=denoise)
         return io.NodeOutput(split.split_respace_sigmas(sampling.model_sampling_of(model), steps, denoise))
 
@@ -117,7 +118,7 @@ class SplitColorGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, reference, strength, match_std):
-        ref = sampling.check_latent(reference, "reference")
+        ref = sampling.check_latent_for(model, reference, "reference")
         sampling.check_widgets(cls, strength=strength, match_std=match_std)
         ref = model.model.process_latent_in(ref.float())
         return io.NodeOutput(split.ColorStatsGuidance(ref, strength, match_std))
@@ -156,7 +157,8 @@ class SplitGuidedSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, scheduler, denoise, method,
                 split_term, split_base, eval_mode, ab_coeffs, final_step, guidance_scale, guidance=None):
-        sampling.check_latent(latent_image)
+        sampling.check_latent_for(model, latent_image)
+        sampling.check_conds(positive=positive, negative=negative)
         widgets = dict(method=method, split_term=split_term, split_base=split_base, eval_mode=eval_mode,
                        ab_coeffs=ab_coeffs, final_step=final_step, guidance_scale=guidance_scale)
         sampling.check_widgets(cls, seed=seed, steps=steps, cfg=cfg, scheduler=scheduler, denoise=denoise, **widgets)

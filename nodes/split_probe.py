@@ -75,6 +75,7 @@ class ComfySplitProbe(split.SplitProbe):
 
 def sample_split_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, *, config):
     """The k-diffusion function behind the SAMPLER: installs the probe hook, then runs the validated config."""
+    sampling.check_sampler_input(x, extra_args, model)
     extra_args = dict(extra_args or {})
     proxy = sampling.ModelProxy(model)
     if config.split_term == "cfg_delta":

@@ -198,7 +198,7 @@ def check_x(x, name: str = "x") -> None:
     """A sampler's state: a finite float tensor with a batch dimension."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor [B, ...] (got {type(x).__name__})")
-    if x.dim() == 0 or x.shape[0] == 0:
+    if x.dim() == 0 or x.shape[0] == 0 or x.numel() == 0:
         raise ValueError(f"{name} must be a tensor with a non-empty batch dimension [B, ...] (got shape {tuple(x.shape)})")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor (got {x.dtype})")
