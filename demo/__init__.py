@@ -58,24 +58,24 @@ def build_denoiser(config: Optional[dict] = None) -> Denoiser:
     return Denoiser(UNet(**(config or DEFAULT_CONFIG)))
 
 
-def load_denoiser(path: str = DENOISER_FILE) -> Denoiser:
-    """The shipped (EMA) weights as a frozen :class:`Denoiser` in eval mode (CPU, float32)."""
+def _load_weights(path: str, cls, default_config: dict):
+    """A module of ``cls`` built from the file's stored config and loaded with its weights (strict)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: train it with `python -m demo.train` from the repository root")
     tensors, meta = read_file(path)
-    unet = UNet(**_config(meta, DEFAULT_CONFIG))
-    unet.load_state_dict(tensors, strict=True)
-    return _frozen(Denoiser(unet))
+    module = cls(**_config(meta, default_config))
+    module.load_state_dict(tensors, strict=True)
+    return module
+
+
+def load_denoiser(path: str = DENOISER_FILE) -> Denoiser:
+    """The shipped (EMA) weights as a frozen :class:`Denoiser` in eval mode (CPU, float32)."""
+    return _frozen(Denoiser(_load_weights(path, UNet, DEFAULT_CONFIG)))
 
 
 def load_classifier(path: str = CLASSIFIER_FILE) -> Classifier:
     """The shipped classifier, frozen, in eval mode."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: train it with `python -m demo.train` from the repository root")
-    tensors, meta = read_file(path)
-    clf = Classifier(**_config(meta, CLASSIFIER_CONFIG))
-    clf.load_state_dict(tensors, strict=True)
-    return _frozen(clf)
+    return _frozen(_load_weights(path, Classifier, CLASSIFIER_CONFIG))
 
 
 def untrained_denoiser(seed: int = 0, config: Optional[dict] = None) -> Denoiser:

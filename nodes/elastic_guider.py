@@ -24,7 +24,8 @@ import comfy.samplers
 
 from ..samplers import elastic
 from ..samplers.common import check_x
-from .elastic_host import VAE_SCALE, check_conditioning, is_sdxl_like
+from . import sampling
+from .elastic_host import VAE_SCALE, check_supported_conditioning, is_sdxl_like
 
 
 def size_params(size_cond: str, m: elastic.RowMeta) -> dict:
@@ -96,10 +97,7 @@ class ElasticCFGGuider(comfy.samplers.CFGGuider):
         c = self._config
         if len(shape) == 4 and 0 in tuple(shape):
             raise ValueError(f"latent_image must be a non-empty 4-D image latent [B,C,H,W] (got shape {tuple(shape)})")
-        want = getattr(self.model_patcher.get_model_object("latent_format"), "latent_channels", None)
-        if want is not None and len(shape) == 4 and shape[1] != want:
-            raise ValueError(f"latent_image has {shape[1]} channels but this model's latents have {want} (a latent "
-                             "made for another model family?)")
+        sampling.check_channels(tuple(shape), self.model_patcher)
         if c is None or (c.channels, c.height, c.width) != tuple(shape[1:]):
             c = elastic.validate_elastic(shape, sigmas, base=self.base, cfg=self.cfg, **self.elastic_options)
             self._config, self._plan = c, None
@@ -113,7 +111,7 @@ class ElasticCFGGuider(comfy.samplers.CFGGuider):
 
     def inner_set_conds(self, conds):
         for k, v in conds.items():
-            check_conditioning(k, v)
+            check_supported_conditioning(k, v)
         super().inner_set_conds(conds)
 
     def _prepare_sampling_wrapper(self, executor, model, noise_shape, *args, **kwargs):

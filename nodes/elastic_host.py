@@ -79,7 +79,7 @@ def check_model(model):
                          "ElasticDiffusion; use a regular model")
 
 
-def check_conditioning(name, conditioning):
+def check_supported_conditioning(name, conditioning):
     """Reject conditioning the per-patch calls cannot crop correctly (instead of squeezing it)."""
     if conditioning is None:
         return

@@ -13,7 +13,7 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..samplers import elastic
-from . import compat, sampling
+from . import sampling
 from .elastic_guider import ElasticCFGGuider
 from .elastic_host import VAE_SCALE, background_latents, check_model, detect_base_px
 
@@ -95,14 +95,14 @@ def make_guider(model, positive, negative, cfg, base_resolution, size_cond, **wi
     return guider
 
 
-def image_latent_shape(model, latent_image) -> list:
-    """The shape the sampler will see (empty latents get the model's channels), 4-D image latents only."""
+def image_latent(model, latent_image):
+    """The samples the sampler will see (empty latents get the model's channels), 4-D image latents only."""
     x = sampling.check_latent_for(model, latent_image)
     if latent_image.get("noise_mask") is not None:
         raise ValueError("latent_image has a noise mask (inpainting), which ElasticDiffusion does not support")
     if x.ndim != 4:
         raise ValueError(f"latent_image must be a 4-D image latent [B,C,H,W] (got shape {tuple(x.shape)})")
-    return list(compat.fix_empty_latent_channels(model, latent_image).shape)
+    return x
 
 
 def sample_elastic_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, guider=None,
@@ -162,16 +162,17 @@ class ElasticLatentSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, vae=None, **widgets):
         sampling.check_widgets(cls, seed=seed, steps=steps, cfg=cfg, **widgets)
-        shape = image_latent_shape(model, latent_image)
+        x = image_latent(model, latent_image)
         guider = make_guider(model, positive, negative, cfg, **widgets)
         sigmas = comfy.samplers.calculate_sigmas(sampling.model_sampling_of(model), "ddim_uniform", steps)
-        _warn_above_twice(guider.config_for(shape, sigmas))            # validates, before any model work
+        _warn_above_twice(guider.config_for(list(x.shape), sigmas))            # validates, before any model work
         guider.set_background(background_latents(model, vae, seed))
         ids = latent_image.get("batch_index")                          # sample b alone == sample b of the batch
         sampler = comfy.samplers.KSAMPLER(sample_elastic_comfy, extra_options={
             "guider": guider, "sample_ids": None if ids is None else list(ids)})
         callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
-        return io.NodeOutput(sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=callback))
+        return io.NodeOutput(sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=callback,
+                                                 samples=x))
 
 
 class ElasticGuider(io.ComfyNode):

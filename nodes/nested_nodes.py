@@ -154,7 +154,7 @@ class NestedKSampler(io.ComfyNode):
                 inner_scheduler, outer_scheduler, denoise, inner_eta, outer_eta, time_budget,
                 switch_at_outer_step, positive_2=None, negative_2=None):
         started = time.monotonic()
-        sampling.check_latent_for(model, latent_image)
+        x = sampling.check_latent_for(model, latent_image)
         sampling.check_conds(positive=positive, negative=negative, optional=dict(positive_2=positive_2, negative_2=negative_2))
         sampling.check_widgets(cls, seed=seed, outer_steps=outer_steps, inner_steps=inner_steps, cfg=cfg,
                                inner_sampler=inner_sampler, inner_scheduler=inner_scheduler,
@@ -175,7 +175,8 @@ class NestedKSampler(io.ComfyNode):
                                       inner_scheduler=inner_scheduler, inner_eta=inner_eta, outer_eta=outer_eta,
                                       on_model_call=report.on_model_call, should_stop=report.should_stop,
                                       sample_ids=latent_image.get("batch_index"))
-        out = sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=report.callback)
+        out = sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=report.callback,
+                                  samples=x)
         return io.NodeOutput(out, report.intermediates(model))
 
 

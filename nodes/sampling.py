@@ -8,7 +8,6 @@ through ComfyUI's own preview channel, the guider run itself (the same steps as
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Callable, Optional
 
 import torch
@@ -108,19 +107,19 @@ def check_latent_for(model, latent, name: str = "latent_image") -> torch.Tensor:
     check_model(model)
     check_latent(latent, name)
     x = compat.fix_empty_latent_channels(model, latent)
-    want = latent_channels(model)
-    if want is not None and x.ndim == 4 and x.shape[1] != want:
-        raise ValueError(f"{name} has {x.shape[1]} channels but this model's latents have {want} (a latent made "
-                         "for another model family?)")
+    check_channels(x.shape, model, name)
     return x
 
 
-def latent_channels(model_patcher):
-    """The model's latent channel count, or None where the model does not say."""
+def check_channels(shape, model_patcher, name: str = "latent_image") -> None:
+    """A 4-D image latent has the model's latent channel count (where the model says what it is)."""
     try:
-        return getattr(model_patcher.get_model_object("latent_format"), "latent_channels", None)
+        want = getattr(model_patcher.get_model_object("latent_format"), "latent_channels", None)
     except Exception:
-        return None
+        want = None
+    if want is not None and len(shape) == 4 and shape[1] != want:
+        raise ValueError(f"{name} has {shape[1]} channels but this model's latents have {want} (a latent made "
+                         "for another model family?)")
 
 
 def check_sampler_input(x, extra_args, model=None, name: str = "latent_image") -> None:
@@ -133,10 +132,8 @@ def check_sampler_input(x, extra_args, model=None, name: str = "latent_image") -
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
     check_noise_mask((extra_args or {}).get("denoise_mask"), f"{name}['noise_mask']")
     patcher = getattr(getattr(model, "inner_model", None), "model_patcher", None)
-    want = None if patcher is None else latent_channels(patcher)
-    if want is not None and x.ndim == 4 and x.shape[1] != want:
-        raise ValueError(f"{name} has {x.shape[1]} channels but this model's latents have {want} (a latent made "
-                         "for another model family?)")
+    if patcher is not None:
+        check_channels(x.shape, patcher, name)
 
 
 # ------------------------------------------------------------------------------------------
@@ -209,9 +206,10 @@ class Previewer:
 # ------------------------------------------------------------------------------------------
 # running a guider (as SamplerCustomAdvanced does)
 # ------------------------------------------------------------------------------------------
-def run_guider(guider, model, latent: dict, sampler, sigmas, seed: int, callback=None):
-    """Sample with ``guider``/``sampler`` like SamplerCustomAdvanced; returns the output LATENT dict."""
-    x = compat.fix_empty_latent_channels(model, latent)
+def run_guider(guider, model, latent: dict, sampler, sigmas, seed: int, callback=None, samples=None):
+    """Sample with ``guider``/``sampler`` like SamplerCustomAdvanced; returns the output LATENT dict.
+    ``samples``: the latent's samples already passed through :func:`check_latent_for` (not redone)."""
+    x = compat.fix_empty_latent_channels(model, latent) if samples is None else samples
     noise = comfy.sample.prepare_noise(x, seed, latent.get("batch_index"))
     out = guider.sample(noise, x, sampler, sigmas, denoise_mask=latent.get("noise_mask"), callback=callback,
                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)

@@ -157,7 +157,7 @@ class SplitGuidedSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, scheduler, denoise, method,
                 split_term, split_base, eval_mode, ab_coeffs, final_step, guidance_scale, guidance=None):
-        sampling.check_latent_for(model, latent_image)
+        x = sampling.check_latent_for(model, latent_image)
         sampling.check_conds(positive=positive, negative=negative)
         widgets = dict(method=method, split_term=split_term, split_base=split_base, eval_mode=eval_mode,
                        ab_coeffs=ab_coeffs, final_step=final_step, guidance_scale=guidance_scale)
@@ -167,7 +167,8 @@ class SplitGuidedSampler(io.ComfyNode):
         sigmas = sampling.sigmas_with_denoise(model, scheduler, steps, denoise, custom=custom)
         guider = split_guider(model, positive, negative, cfg)
         callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
-        return io.NodeOutput(sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=callback))
+        return io.NodeOutput(sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=callback,
+                                                 samples=x))
 
 
 NODES = [SplitGuidedSampler, SplitSampler, SplitRespace, SplitColorGuidance]

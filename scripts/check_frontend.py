@@ -11,47 +11,10 @@ drives the system browser; no browser download).  Prints one line per workflow; 
 import json
 import glob
 import os
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "host"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(checkout, python):
-    import comfy_host
-    tmp = tempfile.mkdtemp(prefix="nse_frontend_")
-    custom = comfy_host.custom_nodes_dir()
-    yaml_path = os.path.join(tmp, "extra.yaml")
-    with open(yaml_path, "w") as f:
-        f.write(f"nse_test:\n    base_path: {tmp}\n    custom_nodes: {custom}\n")
-    os.makedirs(os.path.join(tmp, "user"))
-    port = free_port()
-    log = open(os.path.join(tmp, "server.log"), "w")
-    proc = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                             "--extra-model-paths-config", yaml_path, "--disable-auto-launch",
-                             "--user-directory", os.path.join(tmp, "user")],
-                            cwd=checkout, stdout=log, stderr=subprocess.STDOUT)
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/object_info", timeout=2).read()
-            return proc, port
-        except Exception:
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited; see {log.name}")
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("server did not come up")
 
 
 JS_LOAD = """async (wf) => {
@@ -95,7 +58,8 @@ def main():
     shot = sys.argv[sys.argv.index("--shot") + 1] if "--shot" in sys.argv else None
     wf_dir = sys.argv[sys.argv.index("--dir") + 1] if "--dir" in sys.argv else os.path.join(ROOT, "workflows")
     from playwright.sync_api import sync_playwright
-    proc, port = start_server(checkout, python)
+    import comfy_host
+    srv = comfy_host.Server(checkout, python, prefix="nse_frontend_").start()
     bad = 0
     try:
         with sync_playwright() as pw:
@@ -103,7 +67,7 @@ def main():
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.console = []
             page.on("console", lambda m: page.console.append((m.type, m.text)))
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            page.goto(f"{srv.base}/", wait_until="networkidle")
             page.wait_for_function("() => !!(window.app || (window.comfyAPI && window.comfyAPI.app))", timeout=60000)
             page.wait_for_function("() => { const a = window.app; return !!(a && (a.rootGraph || a.graph)); }",
                                    timeout=60000)
@@ -120,8 +84,7 @@ def main():
             print(f"frontend {version or '(version not exposed)'}: {bad} workflow(s) with problems")
             browser.close()
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        srv.stop()
     sys.exit(1 if bad else 0)
 
 

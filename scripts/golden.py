@@ -4,7 +4,7 @@
     COMFYUI_PATH=~/ComfyUI <comfy python> scripts/golden.py host [nested split ...] > b.json   # workflows, mocks
     python scripts/golden.py compare a.json a2.json    # exit 1 and list every case that differs
 
-To compare against an older commit: ``git worktree add /tmp/base <commit>``, copy this script into
+To compare against an older commit: ``git worktree add <dir> <commit>``, copy this script into
 it, run the same commands there, then ``compare``.  Each case is the SHA-256 of the output tensor's
 bytes (float64 for the pure runs, the sampler's output latent for the host runs).
 """

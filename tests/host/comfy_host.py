@@ -9,8 +9,11 @@ import copy
 import inspect
 import json
 import os
+import socket
+import subprocess
 import sys
 import tempfile
+import time
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -266,3 +269,68 @@ def custom_advanced_prompt(guider, sampler, sigmas, width=64, height=64, text="a
         "10": {"class_type": "NSETestMockVAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
         "11": {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}},
     }
+
+
+# -- a real main.py server on a loopback port -------------------------------------------
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``main.py --cpu`` of a checkout on 127.0.0.1 with this pack and the test-only pack loaded.
+
+    ``Server(path, python, extra_args).start()`` returns once ``/object_info/NestedKSampler``
+    answers (or raises with the log's tail); ``stop()`` ends it.  Everything it writes stays in a
+    temporary folder (outputs, inputs, user settings, database).
+    """
+
+    def __init__(self, path, python=None, extra_args=(), prefix="nse_server_"):
+        self.path, self.python, self.extra_args = path, python or sys.executable, list(extra_args)
+        self.tmp = tempfile.mkdtemp(prefix=prefix)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = os.path.join(self.tmp, "server.log")
+        self.proc = None
+
+    def command(self):
+        tmp = self.tmp
+        yaml_path = os.path.join(tmp, "extra_model_paths.yaml")
+        with open(yaml_path, "w") as f:
+            f.write(f"nse_test:\n    base_path: {tmp}\n    custom_nodes: {custom_nodes_dir()}\n")
+        for d in ("out", "in", "user"):
+            os.makedirs(os.path.join(tmp, d), exist_ok=True)
+        return [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                "--extra-model-paths-config", yaml_path,
+                "--output-directory", os.path.join(tmp, "out"), "--input-directory", os.path.join(tmp, "in"),
+                "--temp-directory", tmp, "--user-directory", os.path.join(tmp, "user"),
+                "--database-url", f"sqlite:///{os.path.join(tmp, 'db.sqlite')}", "--disable-auto-launch",
+                *self.extra_args]
+
+    def start(self, timeout=120.0):
+        import urllib.request
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.command(), cwd=self.path, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{self.base}/object_info/NestedKSampler", timeout=2) as r:
+                    if r.status == 200 and "NestedKSampler" in json.loads(r.read()):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("ComfyUI server did not come up:\n" + open(self.log_path).read()[-3000:])
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=20)
+        if getattr(self, "_log", None) is not None:
+            self._log.close()

@@ -31,10 +31,6 @@ import asyncio
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 
@@ -358,12 +354,6 @@ KNOWN_BUGS = {}   # all 60 cases found by the first run were fixed in the same c
 # ------------------------------------------------------------------------------------------
 # the server and a client on one websocket
 # ------------------------------------------------------------------------------------------
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Client:
     """POST /prompt and follow the prompt on one websocket, on a private event loop."""
 
@@ -459,56 +449,16 @@ class Client:
 
 @pytest.fixture(scope="module")
 def client(host):
-    tmp = tempfile.mkdtemp(prefix="nse_fuzz_")
-    custom = comfy_host.custom_nodes_dir()
-    yaml_path = os.path.join(tmp, "extra_model_paths.yaml")
-    with open(yaml_path, "w") as f:
-        f.write(f"nse_test:\n    base_path: {tmp}\n    custom_nodes: {custom}\n")
-    for d in ("out", "in", "user"):
-        os.makedirs(os.path.join(tmp, d))
-    port = free_port()
-    log_path = os.path.join(tmp, "server.log")
-    log = open(log_path, "w")
-    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--extra-model-paths-config", yaml_path, "--preview-method", "none",
-           "--output-directory", os.path.join(tmp, "out"), "--input-directory", os.path.join(tmp, "in"),
-           "--temp-directory", tmp, "--user-directory", os.path.join(tmp, "user"),
-           "--database-url", f"sqlite:///{os.path.join(tmp, 'db.sqlite')}", "--disable-auto-launch"]
-    proc = subprocess.Popen(cmd, cwd=host.path, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-
-    async def wait_up():
-        async with aiohttp.ClientSession() as s:
-            for _ in range(240):
-                if proc.poll() is not None:
-                    return False
-                try:
-                    async with s.get(f"{base}/object_info/NestedKSampler") as r:
-                        if r.status == 200 and "NestedKSampler" in await r.json():
-                            return True
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.5)
-        return False
-
+    srv = comfy_host.Server(host.path, extra_args=["--preview-method", "none"], prefix="nse_fuzz_").start()
     c = None
     try:
-        if not asyncio.run(wait_up()):
-            log.flush()
-            pytest.fail("ComfyUI server did not come up:\n" + open(log_path).read()[-3000:])
-        c = Client(base, proc)
-        c.log_path = log_path
+        c = Client(srv.base, srv.proc)
+        c.log_path = srv.log_path
         yield c
     finally:
         if c is not None:
             c.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
-        log.close()
+        srv.stop()
 
 
 # ------------------------------------------------------------------------------------------

@@ -11,10 +11,6 @@ Previews are asked for the way the version supports: where the preview method is
 import asyncio
 import json
 import os
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 
@@ -29,12 +25,6 @@ import comfy_host  # noqa: E402
 aiohttp = pytest.importorskip("aiohttp", reason="aiohttp (shipped with ComfyUI) is needed for the server test")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def per_prompt_previews(host):
     return host.supports_per_prompt_preview_method()
 
@@ -46,51 +36,13 @@ def preview_extra(host, method="latent2rgb"):
 
 @pytest.fixture(scope="module")
 def server(host):
-    tmp = tempfile.mkdtemp(prefix="nse_server_")
-    custom = comfy_host.custom_nodes_dir()
-    yaml_path = os.path.join(tmp, "extra_model_paths.yaml")
-    with open(yaml_path, "w") as f:
-        f.write(f"nse_test:\n    base_path: {tmp}\n    custom_nodes: {custom}\n")
-    for d in ("out", "in", "user"):
-        os.makedirs(os.path.join(tmp, d))
-    port = free_port()
-    log = open(os.path.join(tmp, "server.log"), "w")
-    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--extra-model-paths-config", yaml_path,
-           "--output-directory", os.path.join(tmp, "out"), "--input-directory", os.path.join(tmp, "in"),
-           "--temp-directory", tmp, "--user-directory", os.path.join(tmp, "user"),
-           "--database-url", f"sqlite:///{os.path.join(tmp, 'db.sqlite')}", "--disable-auto-launch"]
-    if not per_prompt_previews(host):   # no per-prompt choice: the CLI default is the only switch
-        cmd += ["--preview-method", "latent2rgb"]
-    proc = subprocess.Popen(cmd, cwd=host.path, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-
-    async def wait_up():
-        async with aiohttp.ClientSession() as s:
-            for _ in range(240):
-                if proc.poll() is not None:
-                    return False
-                try:
-                    async with s.get(f"{base}/object_info/NestedKSampler") as r:
-                        if r.status == 200 and "NestedKSampler" in await r.json():
-                            return True
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.5)
-        return False
-
+    # without a per-prompt choice the CLI default is the only switch
+    extra = [] if per_prompt_previews(host) else ["--preview-method", "latent2rgb"]
+    srv = comfy_host.Server(host.path, extra_args=extra).start()
     try:
-        if not asyncio.run(wait_up()):
-            log.flush()
-            pytest.fail("ComfyUI server did not come up:\n" + open(log.name).read()[-3000:])
-        yield base, port
+        yield srv.base, srv.port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        srv.stop()
 
 
 async def queue_and_watch(base, prompt, extra_data=None, timeout=240):
