@@ -62,3 +62,44 @@ def is_dynamic_vram(model) -> bool:
         return bool(fn()) if callable(fn) else False
     except Exception:
         return False
+
+
+def prompt_server():
+    """The running ``server.PromptServer`` (None in headless use: tests, scripts)."""
+    import sys
+    server = sys.modules.get("server")
+    cls = getattr(server, "PromptServer", None)
+    return getattr(cls, "instance", None)
+
+
+def executing_ids():
+    """(prompt id, node id, display node id) of the node now executing, or Nones outside a prompt.
+
+    The node id is the execution id (the one progress messages and ``unique_id`` carry; inside
+    subgraphs it has ``:`` parts); the display id is the node the graph editor shows."""
+    try:
+        from comfy_execution.utils import get_executing_context
+        ctx = get_executing_context()
+    except ImportError:
+        ctx = None
+    server = prompt_server()
+    prompt_id = getattr(ctx, "prompt_id", None) or getattr(server, "last_prompt_id", None)
+    node_id = getattr(ctx, "node_id", None) or getattr(server, "last_node_id", None)
+    display = getattr(server, "last_node_id", None) or node_id
+    return prompt_id, (None if node_id is None else str(node_id)), (None if display is None else str(display))
+
+
+def queue_prompts(server) -> dict:
+    """{prompt id: (status, prompt)} of the running and queued prompts (status "running"/"queued").
+    Queue items are ``(number, prompt_id, prompt, extra_data, outputs, ...)`` on every version."""
+    queue = getattr(server, "prompt_queue", None)
+    if queue is None:
+        return {}
+    get = getattr(queue, "get_current_queue_volatile", None) or queue.get_current_queue
+    running, queued = get()
+    out = {}
+    for status, items in (("queued", queued), ("running", running)):
+        for item in items:
+            if len(item) > 2:
+                out[str(item[1])] = (status, item[2])
+    return out

@@ -11,7 +11,7 @@ import comfy.samplers
 import comfy.utils
 
 from ..samplers import nested
-from . import compat, sampling
+from . import anytime_live, compat, sampling
 
 OFFICIAL_DPM = "official_dpm_2s_grid"
 OUTER_INDEX_KEY = "nested_outer_index"
@@ -48,10 +48,19 @@ def inner_schedule(name: str):
 def sample_nested_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
                         inner_sampler="euler_ancestral", inner_steps=8, inner_scheduler="official",
                         inner_eta=0.85, outer_eta=1.0, inner_end="zero", on_model_call=None, should_stop=None,
-                        sample_ids=None):
-    """The k-diffusion function behind the SAMPLER: resolves ComfyUI pieces, then runs sample_nested."""
+                        sample_ids=None, live=None, resume=None, state=None):
+    """The k-diffusion function behind the SAMPLER: resolves ComfyUI pieces, then runs sample_nested.
+
+    ``live``: the run's :class:`anytime_live.LiveRun` when the caller keeps one (NestedKSampler);
+    else one is made here, so NestedSampler graphs get the strip and Stop & keep too.  ``resume``:
+    ``{"step", "x"}`` of an earlier run (the outer state, model space) to continue from; ``state``:
+    a dict that receives the same after every outer step."""
     sampling.check_sampler_input(x, extra_args, model)
-    ms = model.inner_model.model_patcher.get_model_object("model_sampling")
+    patcher = model.inner_model.model_patcher
+    ms = patcher.get_model_object("model_sampling")
+    start = 0 if resume is None else int(resume["step"])
+    if start >= len(sigmas) - 1:                      # resuming a finished run: nothing is left to do
+        return resume["x"].to(device=x.device, dtype=x.dtype)
     if inner_sampler == OFFICIAL_DPM:
         fn, opts, discard = nested.sample_dpm_2s_grid, {}, False
     else:
@@ -65,13 +74,33 @@ def sample_nested_comfy(model, x, sigmas, extra_args=None, callback=None, disabl
     # per-sample streams, so a sample alone equals the same sample in a batch.
     own_noise = (lambda i, x_i: None) if "sde" in inner_sampler else None
     proxy = sampling.ModelProxy(model, on_model_call)
-    return nested.sample_nested(proxy, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                                model_sampling=ms, inner_sampler=fn, inner_options=opts, inner_steps=inner_steps,
-                                inner_scheduler=inner_schedule(inner_scheduler), inner_eta=inner_eta,
-                                outer_eta=outer_eta, inner_end=inner_end, discard_penultimate=discard,
-                                rf=sampling.is_rectified_flow(ms), should_stop=should_stop,
-                                outer_index_key=OUTER_INDEX_KEY, inner_noise_sampler_factory=own_noise,
-                                sample_ids=sample_ids)
+    own_live = live is None
+    live = anytime_live.LiveRun(patcher, len(sigmas) - 1, start) if own_live else live
+    state = {"step": start} if state is None else state
+
+    def step_done(d):
+        if callback is not None:
+            callback(d)
+        if own_live:
+            live.step(d["i"], d["denoised"], proxy.nfe)
+
+    def stop(i):
+        return live.should_stop(i) or (should_stop is not None and should_stop(i))
+
+    x_start = x if resume is None else resume["x"].to(x.device)
+    try:
+        out = nested.sample_nested(proxy, x_start, sigmas, extra_args=extra_args, callback=step_done,
+                                   disable=disable, model_sampling=ms, inner_sampler=fn, inner_options=opts,
+                                   inner_steps=inner_steps, inner_scheduler=inner_schedule(inner_scheduler),
+                                   inner_eta=inner_eta, outer_eta=outer_eta, inner_end=inner_end,
+                                   discard_penultimate=discard, rf=sampling.is_rectified_flow(ms),
+                                   should_stop=stop, outer_index_key=OUTER_INDEX_KEY,
+                                   inner_noise_sampler_factory=own_noise, sample_ids=sample_ids,
+                                   start_step=start, state=state)
+    finally:
+        if own_live:
+            live.close(state.get("step", start), state.get("step", start) < len(sigmas) - 1)
+    return out.to(x.dtype)
 
 
 def make_nested_sampler(**options):
@@ -105,19 +134,24 @@ class NestedGuider(comfy.samplers.CFGGuider):
 
 
 class AnytimeReport:
-    """Progress, previews and intermediates of one NestedKSampler run.
+    """Progress, previews, the anytime strip and intermediates of one NestedKSampler run.
 
     The progress bar counts model evaluations; after every outer step the estimate is kept (the
-    ``intermediates`` output) and previewed; ``should_stop`` ends the run after the outer step in
-    which the time budget (seconds, 0 = off) ran out.
+    ``intermediates`` output), previewed on the node and sent to the strip; ``should_stop`` ends the
+    run after the outer step in which the time budget (seconds, 0 = off) ran out.  ``state`` is
+    what a resume needs (filled by the sampler).
     """
 
-    def __init__(self, model, node_id, total: int, time_budget: float, started: float):
+    def __init__(self, model, node_id, total: int, time_budget: float, started: float, outer_total: int,
+                 start_step: int = 0):
         self.pbar = comfy.utils.ProgressBar(total, node_id=node_id)
         self.previewer = sampling.Previewer(model)
         self.nfe, self.total = 0, total
         self.budget, self.started = time_budget, started
         self.estimates = []
+        self.live = anytime_live.LiveRun(model, outer_total, start_step)
+        self.state = {"step": start_step}
+        self.outer_total = outer_total
 
     def on_model_call(self, nfe: int):
         self.nfe = nfe
@@ -126,10 +160,19 @@ class AnytimeReport:
 
     def callback(self, step, x0, x, total_steps):
         self.estimates.append(compat.image_part(x0).detach().to(torch.float32).cpu())
-        self.pbar.update_absolute(self.nfe, self.total, self.previewer.image(x0))
+        preview = self.previewer.image(x0)
+        self.pbar.update_absolute(self.nfe, self.total, preview)
+        self.live.step(step, x0, self.nfe, preview)
 
     def should_stop(self, i: int) -> bool:
         return self.budget > 0 and time.monotonic() - self.started >= self.budget
 
-    def intermediates(self, model) -> dict:
+    def close(self):
+        step = int(self.state.get("step", 0))
+        self.live.close(step, step < self.outer_total)
+
+    def intermediates(self, model, out: dict) -> dict:
+        """The estimates of the outer steps run here (a resumed finished run: its final latent)."""
+        if not self.estimates:
+            return {"samples": out["samples"]}
         return {"samples": sampling.process_out(model, torch.cat(self.estimates, dim=0))}

@@ -6,7 +6,7 @@ import time
 from comfy_api.latest import io
 
 from ..samplers import nested
-from . import compat, sampling
+from . import compat, nested_resume, sampling
 from .nested_anytime import (AnytimeReport, NestedGuider, inner_sampler_names, inner_scheduler_names,
                              make_nested_sampler, outer_scheduler_names)
 
@@ -139,6 +139,11 @@ class NestedKSampler(io.ComfyNode):
                                       tooltip="Optional second positive prompt (the paper's user intervention)."),
                 io.Conditioning.Input("negative_2", optional=True,
                                       tooltip="Optional second negative prompt; defaults to 'negative'."),
+                io.Latent.Input("resume", optional=True,
+                                tooltip="Continue a stopped run: connect the 'latent' output of the NestedKSampler "
+                                        "that was stopped (Stop & keep or time_budget). Seed, outer_steps, "
+                                        "outer_scheduler, denoise and latent_image must be the same; prompts, cfg "
+                                        "and inner settings may change. The result equals an uninterrupted run."),
             ],
             outputs=[
                 io.Latent.Output("LATENT", display_name="latent", tooltip="The final image latent."),
@@ -152,7 +157,7 @@ class NestedKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, outer_steps, inner_steps, cfg, inner_sampler,
                 inner_scheduler, outer_scheduler, denoise, inner_eta, outer_eta, time_budget,
-                switch_at_outer_step, positive_2=None, negative_2=None):
+                switch_at_outer_step, positive_2=None, negative_2=None, resume=None):
         started = time.monotonic()
         x = sampling.check_latent_for(model, latent_image)
         sampling.check_conds(positive=positive, negative=negative, optional=dict(positive_2=positive_2, negative_2=negative_2))
@@ -163,21 +168,31 @@ class NestedKSampler(io.ComfyNode):
         check_cross_inputs(outer_steps, outer_scheduler, denoise, switch_at_outer_step, positive_2, negative_2)
         custom = nested.official_outer_sigmas if outer_scheduler == "official_outer" else None
         sigmas = sampling.sigmas_with_denoise(model, outer_scheduler, outer_steps, denoise, custom=custom)
+        fp = nested_resume.fingerprint(latent_image, sigmas, seed=seed, outer_steps=outer_steps,
+                                       outer_scheduler=outer_scheduler, denoise=denoise)
+        start = nested_resume.check_resume(resume, fp)
         guider = NestedGuider(model)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         if positive_2 is not None:
             guider.set_switch(positive_2, negative if negative_2 is None else negative_2, switch_at_outer_step)
         total = max(1, outer_steps * inner_steps * sampling.EVALS_PER_STEP.get(inner_sampler, 1))
-        report = AnytimeReport(model, compat.node_id(cls), total, time_budget,
-                               started)
+        report = AnytimeReport(model, compat.node_id(cls), total, time_budget, started, len(sigmas) - 1,
+                               0 if start is None else start["step"])
         sampler = make_nested_sampler(inner_sampler=inner_sampler, inner_steps=inner_steps,
                                       inner_scheduler=inner_scheduler, inner_eta=inner_eta, outer_eta=outer_eta,
                                       on_model_call=report.on_model_call, should_stop=report.should_stop,
-                                      sample_ids=latent_image.get("batch_index"))
-        out = sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed, callback=report.callback,
-                                  samples=x)
-        return io.NodeOutput(out, report.intermediates(model))
+                                      sample_ids=latent_image.get("batch_index"), live=report.live,
+                                      state=report.state, resume=start)
+        try:
+            out = sampling.run_guider(guider, model, latent_image, sampler, sigmas, seed,
+                                      callback=report.callback, samples=x)
+        finally:
+            report.close()
+        if "x" not in report.state:          # resumed a finished run: its state is unchanged
+            report.state.update(x=start["x"])
+        out[nested_resume.STATE_KEY] = nested_resume.saved_state(out, report.state, fp)
+        return io.NodeOutput(out, report.intermediates(model, out))
 
 
 def check_cross_inputs(outer_steps, outer_scheduler, denoise, switch_at_outer_step, positive_2, negative_2):

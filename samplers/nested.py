@@ -263,7 +263,9 @@ def sample_nested(model, x, sigmas, extra_args=None, callback=None, disable=None
                   inner_noise_sampler_factory: Optional[Callable] = None,
                   outer_noise_sampler=None,
                   outer_index_key: Optional[str] = "nested_outer_index",
-                  sample_ids: Optional[List[int]] = None):
+                  sample_ids: Optional[List[int]] = None,
+                  start_step: int = 0,
+                  state: Optional[dict] = None):
     """Nested Diffusion sampler (k-diffusion contract).
 
     Args:
@@ -293,13 +295,19 @@ def sample_nested(model, x, sigmas, extra_args=None, callback=None, disable=None
             noise); default: an inner sampler that takes ``noise_sampler`` gets per-sample streams
             ``(seed, "nested-inner", i, sample id)``; any inner sampler also sees
             ``extra_args["seed"]`` = the seed of stream ``(seed, "nested-inner", i)``.
-        outer_noise_sampler: noise for the outer step; default: per-sample streams
-            ``(seed, "nested-outer", sample id)``.
+        outer_noise_sampler: noise for the outer steps; default: outer step i draws from the
+            per-sample streams ``(seed, "nested-outer-i", sample id)``, so no stream state is carried
+            from step to step (what makes resuming exact).
         sample_ids: one id per sample keying its streams (default 0..B-1; ComfyUI passes the
             latent's ``batch_index``), so a sample run alone equals the same sample in a batch.
         outer_index_key: when ``extra_args`` has ``model_options`` (ComfyUI's model calls),
             ``model_options[key] = i`` is set for every model call of outer step i, so a guider can
             switch prompts at an outer step (not on sigma).
+        start_step: resume: ``x`` is the outer state at ``sigmas[start_step]`` (a ``state["x"]`` of an
+            earlier run) and the run continues with outer step ``start_step``.  Every random stream is
+            keyed by the outer step, so a stopped-then-resumed run equals the uninterrupted one.
+        state: a dict that receives, after every outer step i, ``step = i + 1`` and ``x`` = the outer
+            state at ``sigmas[i + 1]`` (the final x0 after the last step): what a resume needs.
 
     Returns the last x0 estimate when ``sigmas`` ends in 0, else x after the last outer update.
     """
@@ -307,12 +315,11 @@ def sample_nested(model, x, sigmas, extra_args=None, callback=None, disable=None
     sigmas = torch.as_tensor(sigmas)
     inner_scheduler = _check_call(model, x, sigmas, model_sampling, inner_sampler, inner_scheduler, inner_steps,
                                   inner_eta, outer_eta, inner_s_noise, outer_s_noise, inner_end, sample_ids)
+    check_int("start_step", start_step, 0, len(sigmas) - 2)
     in_dtype = x.dtype
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()                                   # half-precision noise arithmetic drifts: work in fp32
     seed = extra_args.get("seed")
-    if outer_noise_sampler is None:
-        outer_noise_sampler = make_noise_sampler(x, seed, OUTER_STREAM, sample_ids)
     if inner_sampler is None:
         inner_sampler = sample_euler_ancestral
         inner_options = {"eta": inner_eta, "s_noise": inner_s_noise, "rf": rf, **(inner_options or {})}
@@ -320,16 +327,19 @@ def sample_nested(model, x, sigmas, extra_args=None, callback=None, disable=None
                             inner_steps, inner_scheduler, inner_end, discard_penultimate,
                             float(sigmas[sigmas > 0].min()), inner_noise_sampler_factory, sample_ids, outer_index_key)
 
-    for i in range(len(sigmas) - 1):
+    for i in range(start_step, len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         x0 = inner.run(i, x, s)                         # a complete short diffusion from (x, σ_i): a viable image
         if collect is not None:
             collect.append(x0.to(in_dtype))
         if callback is not None:
             callback({"x": x, "i": i, "sigma": s, "sigma_hat": s, "denoised": x0})
+        noise = outer_noise_sampler or make_noise_sampler(x, seed, f"{OUTER_STREAM}-{i}", sample_ids)
+        x = ancestral_update(x, x0, s, s_next, outer_eta, outer_s_noise, noise, rf=rf)    # outer DDIM(eta) to σ_i+1
+        if state is not None:
+            state.update(step=i + 1, x=x)
         if float(s_next) == 0.0 or (should_stop is not None and should_stop(i)):
             return x0.to(in_dtype)                      # the anytime result of outer step i
-        x = ancestral_update(x, x0, s, s_next, outer_eta, outer_s_noise, outer_noise_sampler, rf=rf)
     return x.to(in_dtype)
 
 

@@ -286,8 +286,9 @@ class Server:
     temporary folder (outputs, inputs, user settings, database).
     """
 
-    def __init__(self, path, python=None, extra_args=(), prefix="nse_server_"):
+    def __init__(self, path, python=None, extra_args=(), prefix="nse_server_", env=None):
         self.path, self.python, self.extra_args = path, python or sys.executable, list(extra_args)
+        self.env = None if env is None else {**os.environ, **env}
         self.tmp = tempfile.mkdtemp(prefix=prefix)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -311,7 +312,8 @@ class Server:
     def start(self, timeout=120.0):
         import urllib.request
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.command(), cwd=self.path, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command(), cwd=self.path, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:

@@ -5,6 +5,9 @@ with ``y`` ADM conditioning, 2048-d context), ``flow`` (rectified flow / CONST w
 timesteps, SD3 latent format, 16 channels, shift 3), ``flux`` (continuous-time flow sampling as
 Flux, 16 channels).  The net is deterministic and records every call for assertions.
 """
+import os
+import time
+
 import torch
 
 import comfy.latent_formats
@@ -12,6 +15,14 @@ import comfy.model_base
 import comfy.model_patcher
 import comfy.supported_models_base
 from comfy.model_base import ModelType
+
+#: functions f(n) called after every mock-net call of any model (n = that net's call count); tests add
+#: and remove their own (e.g. to press Stop & keep from inside a run at an exact call)
+CALL_HOOKS = []
+#: what the test-only capture node saw: tag -> LATENT dict
+CAPTURED = {}
+#: seconds every mock-net call sleeps (the browser test's server sets it, to watch a run live)
+PAUSE = float(os.environ.get("NSE_TEST_PAUSE", "0") or 0)
 
 CONTEXT_DIM = {"sd15": 768, "sdxl": 2048, "flow": 4096, "flux": 4096}
 CHANNELS = {"sd15": 4, "sdxl": 4, "flow": 16, "flux": 16}
@@ -41,6 +52,8 @@ class TinyNet(torch.nn.Module):
             self.calls_at_interrupt = len(self.calls)
 
     def forward(self, x, timesteps, context=None, control=None, transformer_options={}, y=None, **kw):
+        if PAUSE:
+            time.sleep(PAUSE)
         self.calls.append({
             "shape": tuple(x.shape),
             "t": timesteps.detach().float().cpu().clone(),
@@ -60,6 +73,8 @@ class TinyNet(torch.nn.Module):
                 if c is not None:
                     out = out + c.to(out.dtype)
         self._maybe_interrupt()
+        for hook in list(CALL_HOOKS):
+            hook(len(self.calls))
         return out
 
 

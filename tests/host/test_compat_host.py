@@ -69,11 +69,13 @@ def test_callbacks_and_previews_accept_nested_latents(host):
     nt = pytest.importorskip("comfy.nested_tensor", reason="this ComfyUI has no nested latents")
     model = make_model("sd15")
     anytime = host.pack_module("nodes.nested_anytime")
-    report = anytime.AnytimeReport(model, None, 4, 0.0, 0.0)
+    report = anytime.AnytimeReport(model, None, 4, 0.0, 0.0, 4)
     x0 = torch.randn(1, 4, 8, 8)
     nested = nt.NestedTensor([x0, torch.randn(1, 8, 1, 3)])
     report.callback(0, nested, nested, 4)
     assert torch.equal(report.estimates[0], x0)
+    thumb = host.pack_module("nodes.anytime_live").thumbnail(nested, model)      # the strip's picture
+    assert thumb.startswith("data:image/jpeg;base64,")
     compat = host.pack_module("nodes.compat")
     assert compat.image_part(nested) is x0 and compat.image_part(x0) is x0
 

@@ -28,6 +28,8 @@ class MockVae:
     def encode(self, pixels):
         x = pixels.movedim(-1, 1).float() * 2 - 1
         x = torch.nn.functional.avg_pool2d(x, 8)
+        if self.kind == "demo":          # the demo model's latent is the (8x smaller) picture itself
+            return x
         c = mock_models.CHANNELS[self.kind]
         m = torch.linspace(-1, 1, 3 * c).reshape(c, 3)
         return torch.einsum("ck,bkhw->bchw", m, x)
@@ -70,6 +72,9 @@ class NSETestMockTextEncode:
     CATEGORY = "testing/nse"
 
     def encode(self, text, clip):
+        if getattr(clip, "kind", None) == "demo":          # the learned demo model: a class name
+            import demo_host
+            return (demo_host.make_demo_cond(text),)
         value = (sum(map(ord, text)) % 97) / 97.0
         return (mock_models.make_cond(getattr(clip, "kind", "sd15"), value),)
 
@@ -244,3 +249,82 @@ NODE_CLASS_MAPPINGS.update({
     "NSETestLatentCheck": NSETestLatentCheck,
     "NSETestSigmasCheck": NSETestSigmasCheck,
 })
+
+
+# ------------------------------------------------------------------------------------------
+# anytime tests (tests/host/test_anytime_host.py, test_browser.py): a slow model, so a run can be
+# watched and stopped; a capture node that keeps latents and reports per-picture digests.
+# ------------------------------------------------------------------------------------------
+class NSETestSlowModel:
+    """The model with a pause before every evaluation (a model patch, as any wrapper node does)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "seconds": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 10.0})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "slow"
+    CATEGORY = "testing/nse"
+
+    def slow(self, model, seconds):
+        import time
+        m = model.clone()
+
+        def wrapper(apply, args):
+            time.sleep(seconds)
+            return apply(args["input"], args["timestep"], **args["c"])
+        m.set_model_unet_function_wrapper(wrapper)
+        return (m,)
+
+
+def digest(x):
+    import hashlib
+    return hashlib.blake2b(x.detach().float().contiguous().numpy().tobytes(), digest_size=12).hexdigest()
+
+
+class NSETestCapture:
+    """Output node: keeps the LATENT in ``mock_models.CAPTURED[tag]`` and reports (``nse_capture``)
+    its batch size and one digest per picture, so server tests can compare pictures bit for bit."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "tag": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "capture"
+    OUTPUT_NODE = True
+    CATEGORY = "testing/nse"
+
+    def capture(self, samples, tag):
+        mock_models.CAPTURED[tag] = samples
+        x = samples["samples"]
+        report = {"tag": tag, "n": int(x.shape[0]), "digests": [digest(x[i]) for i in range(x.shape[0])],
+                  "state_step": (samples.get("nested_state") or {}).get("step")}
+        return {"ui": {"nse_capture": [report]}, "result": ()}
+
+
+NODE_CLASS_MAPPINGS.update({
+    "NSETestSlowModel": NSETestSlowModel,
+    "NSETestCapture": NSETestCapture,
+})
+
+
+class NSETestDemoCheckpoint:
+    """The learned demo model (demo/, 32 x 32 RGB pictures of one object) as MODEL / CLIP / VAE.
+    Prompts name the object ("a square"); EmptyLatentImage 256 x 256 = one 32 x 32 picture."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ckpt_name": ("STRING", {"default": "demo"}),
+                             "trained": ("BOOLEAN", {"default": True})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+    CATEGORY = "testing/nse"
+
+    def load(self, ckpt_name, trained):
+        import demo_host
+        return (demo_host.make_demo_model(trained), MockClip("demo"), MockVae("demo"))
+
+
+NODE_CLASS_MAPPINGS["NSETestDemoCheckpoint"] = NSETestDemoCheckpoint
