@@ -1,7 +1,7 @@
 """Regenerate the shipped example workflows (UI format + API twins) from one description each.
 
 Run with a ComfyUI environment (the node schemas are read from the real nodes, so widget order
-and socket types always match):  COMFYUI_PATH=~/ComfyUI <comfy-python> scripts/make_workflows.py
+and socket types always match; each template's thumbnail is a run of its nodes on the demo model):  COMFYUI_PATH=~/ComfyUI <comfy-python> scripts/make_workflows.py
 """
 import json
 import os
@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "host"))
 sys.path.insert(0, HERE)
 
 import comfy_host  # noqa: E402
+import workflow_thumbs  # noqa: E402
 from _pack import load_pack  # noqa: E402
 
 load_pack()
@@ -47,6 +48,7 @@ def nested_graph(kind):
                               "outer_eta": 1.0, "time_budget": 0.0, "switch_at_outer_step": 0})
     graph[8] = ("VAEDecode", {"samples": L(5, 1), "vae": L(1, 2)})      # the anytime strip
     graph[9] = ("PreviewImage", {"images": L(8, 0)})
+    graph[10] = note(NOTES["nested"])
     return graph
 
 
@@ -57,7 +59,7 @@ def split_graph(kind):
                              "seed": 7, "steps": 15, "cfg": 9.0 if sd15 else 8.0, "scheduler": "split_respace",
                              "denoise": 1.0, "method": "ltsp4", "split_term": "cfg_delta", "split_base": "cond",
                              "eval_mode": "auto", "ab_coeffs": "fixed", "final_step": "auto",
-                             "guidance_scale": 1.0})
+                             "guidance_scale": 1.0}) | {8: note(NOTES["split"])}
 
 
 def elastic_graph(kind):
@@ -69,16 +71,146 @@ def elastic_graph(kind):
                              "vae": L(1, 2), "seed": 11, "steps": 30, "cfg": 10.0, "preset": "auto",
                              "resampling_steps": -1, "new_p": 0.3, "rrg_init_weight": -1.0, "cosine_scale": 10.0,
                              "rrg_stop_t": 0.4, "repaint": True, "patch_size": 0, "view_batch_size": 16,
-                             "base_resolution": 0, "size_cond": "per_call", "mode": "clean"})
+                             "base_resolution": 0, "size_cond": "per_call", "mode": "clean"}) | {8: note(NOTES["elastic"])}
+
+
+NESTED_KS = {"seed": 24, "outer_steps": 5, "inner_steps": 8, "cfg": 7.5, "inner_sampler": "euler_ancestral",
+             "inner_scheduler": "official", "outer_scheduler": "official_outer", "denoise": 1.0, "inner_eta": 0.85,
+             "outer_eta": 1.0, "time_budget": 0.0, "switch_at_outer_step": 0}
+NOTE = "Note"       # the frontend's own note node: in the UI file only, never in the API twin
+
+
+def note(text):
+    return (NOTE, {"text": text})
+
+
+def custom_advanced(method, prompt, guider, sampler, sigmas, width=512, height=512, seed=5):
+    """Checkpoint -> prompts -> guider 5 + sampler 6 + sigmas 7 + noise 8 -> SamplerCustomAdvanced 9 -> save."""
+    return {
+        1: ("CheckpointLoaderSimple", {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors"}),
+        2: ("CLIPTextEncode", {"text": prompt, "clip": L(1, 1)}),
+        3: ("CLIPTextEncode", {"text": "blurry, low quality, watermark", "clip": L(1, 1)}),
+        4: ("EmptyLatentImage", {"width": width, "height": height, "batch_size": 1}),
+        5: guider, 6: sampler, 7: sigmas,
+        8: ("RandomNoise", {"noise_seed": seed}),
+        9: ("SamplerCustomAdvanced", {"noise": L(8, 0), "guider": L(5, 0), "sampler": L(6, 0), "sigmas": L(7, 0),
+                                      "latent_image": L(4, 0)}),
+        10: ("VAEDecode", {"samples": L(9, 0), "vae": L(1, 2)}),
+        11: ("SaveImage", {"images": L(10, 0), "filename_prefix": f"{method}_custom_advanced"}),
+    }
+
+
+def cfg_guider(cfg):
+    return ("CFGGuider", {"model": L(1, 0), "positive": L(2, 0), "negative": L(3, 0), "cfg": cfg})
+
+
+def nested_custom_advanced():
+    g = custom_advanced("nested", "a photograph of a bird nest on a branch", cfg_guider(7.0),
+                        ("NestedSampler", {"inner_sampler": "euler_ancestral", "inner_steps": 8,
+                                           "inner_scheduler": "official", "inner_eta": 0.85, "outer_eta": 1.0,
+                                           "inner_end": "zero"}),
+                        ("NestedOfficialOuterScheduler", {"model": L(1, 0), "steps": 5}))
+    g[12] = note("NestedSampler is the Nested method as a SAMPLER: any guider works (CFGGuider here). The "
+                 "SIGMAS are the outer steps. While it runs, the anytime strip and the Stop & keep button "
+                 "appear on the SamplerCustomAdvanced node; Stop & keep saves the current outer step's "
+                 "picture. (Resume needs NestedKSampler.)")
+    return g
+
+
+def split_custom_advanced():
+    g = custom_advanced("split", "a red apple on a wooden table, studio light", cfg_guider(9.0),
+                        ("SplitSampler", {"method": "ltsp4", "split_term": "cfg_delta", "split_base": "cond",
+                                          "eval_mode": "auto", "ab_coeffs": "fixed", "final_step": "auto",
+                                          "guidance_scale": 1.0}),
+                        ("SplitRespace", {"model": L(1, 0), "steps": 12, "denoise": 1.0}), seed=7)
+    g[12] = note("SplitSampler under SamplerCustomAdvanced with a plain CFGGuider: the guidance term "
+                 "(cond - uncond) is taken first order, the base field high order. Compare with KSampler "
+                 "at the same steps: at strong cfg and few steps high-order solvers over-saturate; this "
+                 "one stays stable. SplitRespace is the paper's step grid.")
+    return g
+
+
+def elastic_guider_custom_advanced():
+    guider = ("ElasticGuider", {"model": L(1, 0), "positive": L(2, 0), "negative": L(3, 0), "cfg": 10.0,
+                                "vae": L(1, 2), "preset": "auto", "resampling_steps": -1, "new_p": 0.3,
+                                "patch_size": 0, "view_batch_size": 16, "base_resolution": 0,
+                                "size_cond": "per_call", "mode": "clean"})
+    g = custom_advanced("elastic", "a panoramic photo of a mountain lake at sunrise, one lone boat", guider,
+                        ("KSamplerSelect", {"sampler_name": "euler"}),
+                        ("BasicScheduler", {"model": L(1, 0), "scheduler": "normal", "steps": 30, "denoise": 1.0}),
+                        width=1024, height=512, seed=11)
+    g[12] = note("ElasticGuider: the ElasticDiffusion guider for SamplerCustomAdvanced, so any sampler and "
+                 "scheduler can be used. The global (class) direction is computed on a reference at the "
+                 "model's training size, the local score on patches. Resampling and repaint need the "
+                 "one-node ElasticLatentSampler.")
+    return g
+
+
+def nested_time_budget():
+    g = text_to_image("sd15", "nested_budget", "a lighthouse on a cliff at dusk", 512, 512, "NestedKSampler",
+                      dict(NESTED_KS, outer_steps=10, time_budget=30.0, seed=31))
+    g[8] = ("VAEDecode", {"samples": L(5, 1), "vae": L(1, 2)})
+    g[9] = ("PreviewImage", {"images": L(8, 0)})
+    g[10] = note("time_budget = 30 s: after the outer step in which 30 seconds have passed, the node returns "
+                 "the latest complete picture as its result, so Save Image always gets a usable image in "
+                 "about that time. 10 outer steps is the most it will do. The strip preview shows every "
+                 "step it finished.")
+    return g
+
+
+def nested_prompt_switch():
+    g = text_to_image("sd15", "nested_switch", "a wooden cabin in a snowy forest", 512, 512, "NestedKSampler",
+                      dict(NESTED_KS, outer_steps=6, switch_at_outer_step=3, seed=40,
+                           positive_2=L(10, 0)))
+    g[10] = ("CLIPTextEncode", {"text": "a wooden cabin in a snowy forest at night, warm lit windows", "clip": L(1, 1)})
+    g[8] = ("VAEDecode", {"samples": L(5, 1), "vae": L(1, 2)})
+    g[9] = ("PreviewImage", {"images": L(8, 0)})
+    g[11] = note("The paper's user intervention: outer steps 0-2 follow the first prompt; from outer step 3 "
+                 "on, positive_2 takes over (negative_2 defaults to the negative). The first three pictures "
+                 "of the strip are identical to a run without the switch.")
+    return g
+
+
+def nested_resume():
+    g = text_to_image("sd15", "nested_resume", "a photograph of a nest with a blue egg inside", 512, 512,
+                      "NestedKSampler", dict(NESTED_KS, outer_steps=8))
+    g[10] = ("NestedKSampler", {"model": L(1, 0), "positive": L(2, 0), "negative": L(3, 0), "latent_image": L(4, 0),
+                                **NESTED_KS, "outer_steps": 8, "resume": L(5, 0)})
+    g[6] = ("VAEDecode", {"samples": L(10, 0), "vae": L(1, 2)})
+    g[8] = ("VAEDecode", {"samples": L(5, 0), "vae": L(1, 2)})
+    g[9] = ("PreviewImage", {"images": L(8, 0)})
+    g[11] = note("Resume: press Stop & keep on the first NestedKSampler when its strip looks promising (or "
+                 "set its time_budget). Its picture shows in the preview. Queue again: the first node is "
+                 "cached, the second continues from the outer step where the first stopped. The result "
+                 "equals an uninterrupted run bit for bit. Change the second node's prompt to steer the "
+                 "rest of the run. Seed, steps, schedulers, denoise and latent must match.")
+    return g
 
 
 GRAPHS = {
     "elastic_sd15_wide": lambda: elastic_graph("sd15"),
     "elastic_sdxl_2048": lambda: elastic_graph("sdxl"),
+    "elastic_guider_custom_advanced": elastic_guider_custom_advanced,
     "nested_sd15": lambda: nested_graph("sd15"),
     "nested_sdxl": lambda: nested_graph("sdxl"),
+    "nested_custom_advanced": nested_custom_advanced,
+    "nested_time_budget": nested_time_budget,
+    "nested_prompt_switch": nested_prompt_switch,
+    "nested_resume": nested_resume,
     "split_sd15": lambda: split_graph("sd15"),
     "split_sdxl": lambda: split_graph("sdxl"),
+    "split_custom_advanced": split_custom_advanced,
+}
+
+NOTES = {
+    "nested": "Watch the strip under the sampler's widgets: one picture per outer step. Press Stop & keep "
+              "when it is good enough: the node returns that picture and VAE Decode + Save Image still run. "
+              "'intermediates' decodes to every outer step's picture.",
+    "split": "SplitGuidedSampler at strong cfg and few steps: the guidance term is taken first order, the "
+             "model's own field high order (ltsp4). Compare with KSampler dpmpp_2m at the same steps.",
+    "elastic": "ElasticLatentSampler: a size the model was not trained at. The global composition comes from "
+               "a reference at the training size, details from patches, so the subject is drawn once, not "
+               "repeated. It costs several times a KSampler run at that size.",
 }
 
 
@@ -128,6 +260,14 @@ def build(name, graph, host):
     col_y = {}
     for n, nid in enumerate(order):
         ct, values = graph[nid]
+        if ct == NOTE:
+            height = 60 + 18 * (len(values["text"]) // 44 + 1)
+            y = col_y.get(col[nid], 60)
+            col_y[col[nid]] = y + height + 50
+            nodes.append({"id": nid, "type": NOTE, "pos": [40 + 440 * col[nid], y], "size": [400, height],
+                          "flags": {}, "order": n, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                          "widgets_values": [values["text"]], "color": "#432", "bgcolor": "#653"})
+            continue
         cls = host.node(ct)
         inputs, widgets, api_inputs = [], [], {}
         rows = 0
@@ -175,31 +315,6 @@ def build(name, graph, host):
     return ui, api
 
 
-def thumbnail(name, path):
-    """A small template thumbnail: the method's name over toy-world images (no weights needed)."""
-    import torch
-    from PIL import Image, ImageDraw
-    sys.path.insert(0, HERE)
-    from demo import anytime_curve, to_image
-    from nse.samplers.worlds.mixture import ToyWorld
-    world = ToyWorld()
-    cls = {"nested": 1, "split": 2, "elastic": 0}[name.split("_")[0]]
-    previews, _, _, _ = anytime_curve(world, cls, 4, 6, 64, seed=3)
-    strip = to_image(torch.cat([p[:1] for p in previews]), scale=9)
-    img = Image.new("RGB", (400, 220), (24, 26, 32))
-    img.paste(strip.resize((360, int(360 * strip.height / strip.width))), (20, 80))
-    d = ImageDraw.Draw(img)
-    from PIL import ImageFont
-    try:
-        big, small = ImageFont.load_default(size=26), ImageFont.load_default(size=16)
-    except TypeError:                      # older Pillow: fixed-size bitmap font
-        big = small = ImageFont.load_default()
-    method, model = name.split("_")[0], name.split("_")[1]
-    d.text((20, 16), method.upper(), fill=(235, 235, 235), font=big)
-    d.text((20, 50), model.upper(), fill=(150, 170, 200), font=small)
-    img.save(path, "JPEG", quality=85)
-
-
 def main():
     path, reason = comfy_host.find_comfy()
     if path is None:
@@ -214,7 +329,7 @@ def main():
         with open(os.path.join(ROOT, "workflows", "api", f"{name}.json"), "w") as f:
             json.dump(api, f, indent=2)
             f.write("\n")
-        thumbnail(name, os.path.join(ROOT, "workflows", f"{name}.jpg"))
+        workflow_thumbs.thumbnail(host, name, api, os.path.join(ROOT, "workflows", f"{name}.jpg"))
         print("wrote", name)
 
 

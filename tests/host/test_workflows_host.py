@@ -15,6 +15,7 @@ WF = os.path.join(comfy_host.ROOT, "workflows")
 UI_FILES = sorted(glob.glob(os.path.join(WF, "*.json")))
 API_FILES = sorted(glob.glob(os.path.join(WF, "api", "*.json")))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+UI_ONLY = {"Note", "MarkdownNote"}        # frontend-only nodes: in the UI file, never in a prompt
 
 
 def specs(cls):
@@ -53,6 +54,8 @@ def ui_to_api(ui, host):
     links = {l[0]: l for l in ui["links"]}
     api = {}
     for node in ui["nodes"]:
+        if node["type"] in UI_ONLY:
+            continue
         assert node["type"] in host.nodes.NODE_CLASS_MAPPINGS, f"unknown node type {node['type']}"
         cls = host.node(node["type"])
         values = list(node.get("widgets_values", []))
@@ -84,7 +87,9 @@ def ui_to_api(ui, host):
 def test_there_are_workflows_for_every_method_shipped():
     names = {os.path.basename(p) for p in UI_FILES}
     assert {"nested_sd15.json", "nested_sdxl.json", "split_sd15.json", "split_sdxl.json",
-            "elastic_sd15_wide.json", "elastic_sdxl_2048.json"} <= names
+            "elastic_sd15_wide.json", "elastic_sdxl_2048.json", "nested_custom_advanced.json",
+            "split_custom_advanced.json", "elastic_guider_custom_advanced.json", "nested_time_budget.json",
+            "nested_prompt_switch.json", "nested_resume.json"} <= names
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=os.path.basename)
@@ -93,7 +98,9 @@ def test_ui_workflow_fits_the_real_schemas_and_matches_its_api_twin(host, path):
     api = ui_to_api(ui, host)
     twin = json.load(open(os.path.join(WF, "api", os.path.basename(path))))
     assert {k: v["inputs"] for k, v in twin.items()} == api
-    assert {k: v["class_type"] for k, v in twin.items()} == {str(n["id"]): n["type"] for n in ui["nodes"]}
+    assert {k: v["class_type"] for k, v in twin.items()} == {str(n["id"]): n["type"] for n in ui["nodes"]
+                                                              if n["type"] not in UI_ONLY}
+    assert any(n["type"] in UI_ONLY and n["widgets_values"][0] for n in ui["nodes"]), "no note says what to look at"
 
 
 @pytest.mark.parametrize("path", API_FILES, ids=os.path.basename)
