@@ -9,13 +9,39 @@
     python scripts/bench_nested.py [--repeats 5] [--size 64]
 """
 import argparse
+import math
 import os
 import sys
 
+import torch
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from demo import anytime_curve  # noqa: E402
-from nse.samplers.worlds.mixture import ToyWorld  # noqa: E402
+from _pack import load_pack  # noqa: E402
+
+nse = load_pack()
+from nse.samplers import nested  # noqa: E402
+from nse.samplers.common import DiscreteSchedule, sample_euler  # noqa: E402
+from nse.samplers.worlds.mixture import ToyDenoiser, ToyWorld, frechet_distance  # noqa: E402
+
+
+def anytime_curve(world, class_id, outer, inner, n, seed=0, cfg=1.0, outer_eta=1.0):
+    """Per-outer-step x0 of Nested and of plain DDIM at the same NFE, plus their FD to the class data."""
+    ms = DiscreteSchedule()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *world.shape, generator=g, dtype=torch.float64) * math.sqrt(1 + float(ms.sigma_max) ** 2)
+    previews = []
+    nested.sample_nested(ToyDenoiser(world, class_id, cfg=cfg), x, nested.official_outer_sigmas(ms, outer),
+                         extra_args={"seed": seed}, model_sampling=ms, inner_steps=inner, outer_eta=outer_eta,
+                         collect=previews)
+    plain_x0 = []
+    sample_euler(ToyDenoiser(world, class_id, cfg=cfg), x, nested.official_outer_sigmas(ms, outer * inner),
+                 callback=lambda d: plain_x0.append(d["denoised"]))
+    plain = [plain_x0[(i + 1) * inner - 1] for i in range(outer)]
+    ref = world.sample(max(4 * n, 8000), class_id, torch.Generator().manual_seed(12345))
+    fd_nested = [frechet_distance(p, ref) for p in previews]
+    fd_plain = [frechet_distance(p, ref) for p in plain]
+    return previews, plain, fd_nested, fd_plain
 
 
 def toy_curve():

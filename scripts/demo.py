@@ -1,100 +1,194 @@
-"""The main job on the embedded default (no ComfyUI, no downloads).
+"""The main job (``./dev demo``): the three samplers on the learned demo model, as labelled figures.
 
-Runs NestedKSampler's algorithm on the analytic toy world (a class-conditional mixture of small
-RGB images with an exact denoiser), writes the anytime preview strip next to a plain DDIM
-sampler's x0 previews at equal NFE as PNGs, and prints the quality numbers (Fréchet distance to
-the true class distribution after every outer step).
+No ComfyUI, no downloads: the demo model (``demo/``, a small class-conditional UNet on procedural
+32 x 32 one-object scenes, EPS on the SD1.x schedule) ships with the repository.  Writes into --out:
 
-    python scripts/demo.py [--outer 5] [--inner 8] [--out out/]
+* ``nested_anytime.png``  Nested 6 x 8: the picture after every outer step, next to plain Euler's
+  x0 preview after the same number of network passes; ``nested_quality.png``: FD against NFE;
+* ``split_grid.png``      strong CFG (9): ltsp/stsp against euler (= DDIM), dpmpp_2m, ipndm and
+  uni_pc at equal NFE, 6..25 baseline steps, FD and class accuracy in every cell;
+* ``elastic_sizes.png``   2x and 3x wide and tall: Elastic vs direct generation at that size vs
+  MultiDiffusion-style patches, with the object count of every picture;
+* ``demo_numbers.json``   every number printed.
+
+NFE = network passes per picture (a CFG step costs 2).  FD = Fréchet distance of the demo
+classifier's features to 500 held-out pictures (lower is better; at these small sample counts it is
+biased upward, so compare numbers within one table only; scripts/bench_learned.py uses more).
+
+    python scripts/demo.py [--out out] [--samples 20] [--split-samples 10] [--size-samples 4]
 """
+from __future__ import annotations
+
 import argparse
-import math
+import json
 import os
 import sys
-
-import torch
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _pack import load_pack  # noqa: E402
+import torch  # noqa: E402
 
-nse = load_pack()
-from nse.samplers import nested  # noqa: E402
-from nse.samplers.common import DiscreteSchedule, sample_euler  # noqa: E402
-from nse.samplers.worlds.mixture import ToyDenoiser, ToyWorld, frechet_distance  # noqa: E402
+import demo_figures as F  # noqa: E402
+import demo_runs as R  # noqa: E402
+from baselines import counts_of  # noqa: E402
 
-
-def anytime_curve(world, class_id, outer, inner, n, seed=0, cfg=1.0, outer_eta=1.0):
-    """Per-outer-step x0 of Nested and of plain DDIM at the same NFE, plus their FD to the class data."""
-    ms = DiscreteSchedule()
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, *world.shape, generator=g, dtype=torch.float64) * math.sqrt(1 + float(ms.sigma_max) ** 2)
-    previews = []
-    nested.sample_nested(ToyDenoiser(world, class_id, cfg=cfg), x, nested.official_outer_sigmas(ms, outer),
-                         extra_args={"seed": seed}, model_sampling=ms, inner_steps=inner, outer_eta=outer_eta,
-                         collect=previews)
-    plain_x0 = []
-    sample_euler(ToyDenoiser(world, class_id, cfg=cfg), x, nested.official_outer_sigmas(ms, outer * inner),
-                 callback=lambda d: plain_x0.append(d["denoised"]))
-    plain = [plain_x0[(i + 1) * inner - 1] for i in range(outer)]
-    ref = world.sample(max(4 * n, 8000), class_id, torch.Generator().manual_seed(12345))
-    fd_nested = [frechet_distance(p, ref) for p in previews]
-    fd_plain = [frechet_distance(p, ref) for p in plain]
-    return previews, plain, fd_nested, fd_plain
+SIZES = ((32, 64), (32, 96), (64, 32), (96, 32))      # (height, width)
 
 
-def to_image(batch, scale=6):
-    """[B,3,h,w] in [-1,1] -> PIL image, samples side by side."""
-    from PIL import Image
-    x = ((batch.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    x = torch.nn.functional.interpolate(x.float(), scale_factor=scale, mode="nearest").to(torch.uint8)
-    b, c, h, w = x.shape
-    pad = 2
-    canvas = torch.full((3, h, b * (w + pad) - pad), 255, dtype=torch.uint8)
-    for i in range(b):
-        canvas[:, :, i * (w + pad): i * (w + pad) + w] = x[i]
-    return Image.fromarray(canvas.permute(1, 2, 0).numpy())
+def _column(pictures, show, caption, labels=None, vertical=True):
+    return F.cell([F.tile(p) for p in pictures[:show]], labels, caption, vertical=vertical)
 
 
-def strip(rows, labels, scale=6):
-    """Rows of images (one row per outer step) -> one PIL image."""
-    from PIL import Image, ImageDraw
-    imgs = [to_image(r, scale) for r in rows]
-    w = max(i.width for i in imgs) + 150
-    h = sum(i.height + 6 for i in imgs)
-    out = Image.new("RGB", (w, h), "white")
-    y = 0
-    d = ImageDraw.Draw(out)
-    for im, lab in zip(imgs, labels):
-        d.text((4, y + im.height // 2 - 6), lab, fill="black")
-        out.paste(im, (150, y))
-        y += im.height + 6
-    return out
+def _data_row(data, show, n_cols, vertical=True):
+    return [_column(data, show, "held-out data", vertical=vertical)] + [None] * (n_cols - 1)
 
 
-def main():
+def _with_data_column(cells, data, show):
+    """Append a column holding held-out data pictures (first row only)."""
+    return [row + [_column(data, show, "same classes") if i == 0 else None] for i, row in enumerate(cells)]
+
+
+def nested_section(den, sc, a):
+    """Anytime strip and the quality curve: Nested outer x inner vs Euler's x0 previews."""
+    lab = R.balanced_labels(a.samples)
+    prev, nfe = R.nested_run(den, lab, a.outer, a.inner, a.cfg, a.seed)
+    plain, pnfe, _ = R.plain_previews(den, lab, a.outer * a.inner, a.cfg, a.seed)
+    at = [min(range(len(pnfe)), key=lambda j: abs(pnfe[j] - k)) for k in nfe]
+    s_n = [sc(p, lab) for p in prev]
+    s_p = [sc(plain[j], lab) for j in at]
+    fd_plain = [sc.fd(p) for p in plain]
+    floor = sc.fd(R.balanced_data(a.samples))
+    cells = _with_data_column([[_column(p, a.show, f"FD {s['fd']:.3g}") for p, s in zip(prev, s_n)],
+                               [_column(plain[j], a.show, f"FD {s['fd']:.3g}") for j, s in zip(at, s_p)]],
+                              R.balanced_data(a.show), a.show)
+    row_labels = [f"Nested {a.outer} x {a.inner}\nx0 after each\nouter step",
+                  f"Euler, {a.outer * a.inner} steps\nx0 preview after\nthe same NFE"]
+    strip, _ = F.grid(cells, row_labels,
+                      [f"outer step {i + 1}\n{k:.0f} NFE" for i, k in enumerate(nfe)] + ["held-out\ndata"],
+                      f"Nested: a finished picture after every outer step (cfg {a.cfg:g}, same initial noise)",
+                      note=f"NFE = network passes per picture (CFG: 2 per model call). FD over {a.samples} pictures "
+                           f"(lower is better; {a.samples} held-out data pictures: {floor:.3g}).")
+    plot = F.line_plot([(f"Nested {a.outer} x {a.inner} (x0 after each outer step)", nfe, [s["fd"] for s in s_n]),
+                        (f"Euler {a.outer * a.inner} steps (x0 preview)", pnfe, fd_plain)],
+                       f"Nested vs plain sampling: quality of the current picture ({a.samples} pictures)",
+                       "NFE (network passes per picture)", "FD to held-out data (log)",
+                       hlines=[(f"data floor {floor:.3g}", floor)])
+    rows = [[i + 1, f"{k:.0f}", f"{sn['fd']:.3g}", f"{sn['acc']:.2f}", f"{sp['fd']:.3g}", f"{sp['acc']:.2f}",
+             f"{sp['fd'] / sn['fd']:.1f}x"] for i, (k, sn, sp) in enumerate(zip(nfe, s_n, s_p))]
+    print(R.run_table(rows, ["outer", "NFE", "Nested FD", "acc", "Euler preview FD", "acc", "ratio"],
+                      f"Nested {a.outer} x {a.inner} vs Euler {a.outer * a.inner} steps, cfg {a.cfg:g}, "
+                      f"{a.samples} pictures (data floor {floor:.3g})"))
+    numbers = {"nfe": nfe, "nested": s_n, "euler_preview": s_p, "euler_preview_curve": {"nfe": pnfe, "fd": fd_plain},
+               "data_floor": floor, "samples": a.samples, "outer": a.outer, "inner": a.inner, "cfg": a.cfg}
+    return numbers, {"nested_anytime.png": strip, "nested_quality.png": plot}
+
+
+def split_section(den, sc, a):
+    """Every split method and baseline at 2 x steps passes, under strong CFG."""
+    lab = R.balanced_labels(a.split_samples)
+    budgets = [2 * s for s in a.split_steps]
+    res, cells = {}, []
+    for label, (kind, spec) in R.SPLIT_METHODS.items():
+        res[label], row = {}, []
+        for b in budgets:
+            k = R.steps_for_budget(kind, spec, b)
+            img, used = R.split_run(den, lab, kind, spec, k, a.split_cfg, a.seed)
+            s = {"steps": k, "nfe": used, **sc(img, lab)}
+            res[label][b] = s
+            cap = f"{used:.0f} NFE, {k} steps\nFD {s['fd']:.3g}, acc {s['acc']:.2f}"
+            row.append(_column(img, a.split_show, cap, vertical=False))
+        cells.append(row)
+    cells.append(_data_row(R.balanced_data(a.split_show), a.split_show, len(budgets), vertical=False))
+    fig, _ = F.grid(cells, list(R.SPLIT_METHODS) + ["data"],
+                    [f"budget {b} NFE\n(= {b // 2} CFG steps)" for b in budgets],
+                    f"Split under strong guidance (cfg {a.split_cfg:g}): equal NFE in every column",
+                    note=f"NFE = network passes per picture: a CFG step costs 2; stsp4 also makes base-only calls "
+                         f"(5 passes a step), so it gets fewer steps.\nFD and class accuracy over {a.split_samples} "
+                         f"pictures; the same initial noise in every cell; 'normal' schedule.")
+    head = ["method"] + [f"{b} NFE" for b in budgets]
+    for key in ("fd", "acc"):
+        rows = [[m] + [f"{r[b][key]:.3g}" + (f" ({r[b]['steps']})" if key == "fd" else "") for b in budgets]
+                for m, r in res.items()]
+        print(R.run_table(rows, head, f"Split, cfg {a.split_cfg:g}, {a.split_samples} pictures: "
+                                      f"{'FD (steps)' if key == 'fd' else 'class accuracy'}"))
+    return {"cfg": a.split_cfg, "samples": a.split_samples, "results": res}, {"split_grid.png": fig}
+
+
+def elastic_section(den, sc, a):
+    """Other sizes: object counts of Elastic, direct generation and the patch baseline."""
+    lab = R.balanced_labels(a.size_samples)
+    res, cells, rows = {}, [[] for _ in R.ELASTIC_METHODS], []
+    for h, w in SIZES:
+        for m_i, m in enumerate(R.ELASTIC_METHODS):
+            run = R.elastic_run(den, lab, h, w, m, a.size_steps, a.cfg, a.seed)
+            s = {**R.object_summary(run.counts), "nfe": run.nfe, "counts": run.counts.tolist()}
+            res[f"{w}x{h} {m}"] = s
+            labels = [f"{int(c)} object{'s' if c != 1 else ''}" for c in run.counts[:a.size_show]]
+            cap = f"mean {s['mean']:.2f}, exactly 1: {s['one']:.0%}\n{run.nfe:.0f} NFE"
+            cells[m_i].append(_column(run.images, a.size_show, cap, labels, vertical=w > h))
+            rows.append([f"{w}x{h}", m, f"{run.nfe:.0f}", f"{s['mean']:.2f}", f"{s['one']:.0%}",
+                         counts_of(run.counts)])
+    cells = _with_data_column(cells, R.balanced_data(a.size_show), a.size_show)
+    names = {"elastic": "Elastic (auto preset)", "direct": "direct generation\nat that size",
+             "patches": "MultiDiffusion\npatches (32 px,\nstride 16)"}
+    fig, _ = F.grid(cells, [names[m] for m in R.ELASTIC_METHODS],
+                    [f"{w} x {h}" for h, w in SIZES] + ["held-out data\n32 x 32"],
+                    f"Elastic: pictures at 2x and 3x the training size (one object asked for; cfg {a.cfg:g}, "
+                    f"{a.size_steps} steps)",
+                    note=f"Label under each picture: objects found by the colour-based counter (the data always "
+                         f"has 1). Summary over {a.size_samples} pictures per cell;\nNFE in 32 x 32 network passes "
+                         f"per picture.")
+    print(R.run_table(rows, ["size (w x h)", "method", "NFE", "mean count", "exactly 1", "counts"],
+                      f"Elastic, {a.size_samples} pictures per size, {a.size_steps} steps, cfg {a.cfg:g}"))
+    return {"samples": a.size_samples, "steps": a.size_steps, "results": res}, {"elastic_sizes.png": fig}
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--outer", type=int, default=5)
-    ap.add_argument("--inner", type=int, default=8)
-    ap.add_argument("--samples", type=int, default=4000, help="samples used for the quality numbers")
-    ap.add_argument("--show", type=int, default=8, help="samples shown per row in the PNGs")
-    ap.add_argument("--class-id", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="out")
-    a = ap.parse_args()
-    world = ToyWorld()
-    previews, plain, fdn, fdp = anytime_curve(world, a.class_id, a.outer, a.inner, a.samples, a.seed)
+    ap.add_argument("--sections", nargs="+", default=["nested", "split", "elastic"],
+                    choices=["nested", "split", "elastic"])
+    ap.add_argument("--samples", type=int, default=20, help="pictures for the Nested numbers")
+    ap.add_argument("--outer", type=int, default=6)
+    ap.add_argument("--inner", type=int, default=8)
+    ap.add_argument("--cfg", type=float, default=3.0, help="CFG scale of Nested and Elastic")
+    ap.add_argument("--show", type=int, default=5, help="pictures shown per Nested cell")
+    ap.add_argument("--split-samples", type=int, default=10)
+    ap.add_argument("--split-steps", type=int, nargs="+", default=[6, 8, 12, 16, 25])
+    ap.add_argument("--split-cfg", type=float, default=9.0)
+    ap.add_argument("--split-show", type=int, default=3)
+    ap.add_argument("--size-samples", type=int, default=4)
+    ap.add_argument("--size-steps", type=int, default=12)
+    ap.add_argument("--size-show", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None, models=None):
+    a = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    t_start = time.time()
+    den, clf = models or R.load_models()
+    sc = R.Scorer(clf)
     os.makedirs(a.out, exist_ok=True)
-    labels = [f"{(i + 1) * a.inner} NFE" for i in range(a.outer)]
-    strip([p[:a.show] for p in previews], labels).save(os.path.join(a.out, "nested_anytime.png"))
-    strip([p[:a.show] for p in plain], labels).save(os.path.join(a.out, "plain_ddim_x0.png"))
-    data = world.sample(a.show, a.class_id, torch.Generator().manual_seed(7))
-    to_image(data).save(os.path.join(a.out, "toy_world_data.png"))
-    print(f"toy world: class '{world.class_names[a.class_id]}', {a.samples} samples, Nested {a.outer} outer x "
-          f"{a.inner} inner vs plain DDIM {a.outer * a.inner} steps (exact denoiser)")
-    print(f"{'NFE':>5} {'Nested FD':>10} {'plain x0 FD':>12} {'ratio':>7}")
-    for i in range(a.outer):
-        print(f"{(i + 1) * a.inner:>5} {fdn[i]:>10.4f} {fdp[i]:>12.4f} {fdp[i] / max(fdn[i], 1e-12):>7.1f}x")
-    print(f"wrote {a.out}/nested_anytime.png, {a.out}/plain_ddim_x0.png, {a.out}/toy_world_data.png")
+    sections = {"nested": nested_section, "split": split_section, "elastic": elastic_section}
+    numbers, written = {"seed": a.seed}, []
+    for name in a.sections:
+        t0 = time.time()
+        print(f"\n== {name}")
+        numbers[name], figs = sections[name](den, sc, a)
+        numbers[name]["seconds"] = time.time() - t0
+        for fname, img in figs.items():
+            img.save(os.path.join(a.out, fname), optimize=True)
+            written.append(os.path.join(a.out, fname))
+        print(f"({time.time() - t0:.0f} s)")
+    numbers["seconds"] = time.time() - t_start
+    path = os.path.join(a.out, "demo_numbers.json")
+    with open(path, "w") as f:
+        json.dump(numbers, f, indent=1, default=float)
+    print(f"\nwrote {', '.join(written + [path])} in {numbers['seconds']:.0f} s")
+    return numbers
 
 
 if __name__ == "__main__":
