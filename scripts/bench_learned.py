@@ -5,7 +5,7 @@ demo classifier's features to 500 held-out pictures (lower is better; biased upw
 sample counts, so only numbers of the same table compare), class accuracy of the pictures asked
 for (chance 0.2), and for other sizes the object count per picture (the data has exactly one).
 
-Sections (``--sections``, default all):
+Sections (``--sections``; default all, with ``--quick`` the first three):
 
 * ``nested``   Nested 6 x 8 vs Euler at equal NFE: x0 preview after the same passes, and a full
                Euler run with exactly that many steps (the baseline that knew its budget);
@@ -184,9 +184,11 @@ SPLIT_OPTION_VARIANTS = {
     "ltsp4 base uncond": ("split", {"method": "ltsp4", "split_base": "uncond"}),
     "ltsp4 variable coeffs": ("split", {"method": "ltsp4", "ab_coeffs": "variable"}),
     "ltsp4 sequential": ("split", {"method": "ltsp4", "eval_mode": "sequential"}),
+    "ltsp4 sequential variable": ("split", {"method": "ltsp4", "eval_mode": "sequential", "ab_coeffs": "variable"}),
     "ltsp2": ("split", {"method": "ltsp2"}),
     "ltsp2 variable coeffs": ("split", {"method": "ltsp2", "ab_coeffs": "variable"}),
     "ltsp2 base uncond": ("split", {"method": "ltsp2", "split_base": "uncond"}),
+    "ltsp2 sequential": ("split", {"method": "ltsp2", "eval_mode": "sequential"}),
     "stsp4": ("split", {"method": "stsp4"}),
     "stsp2": ("split", {"method": "stsp2"}),
     "plms4 (no split)": ("split", {"method": "plms4"}),
@@ -194,7 +196,7 @@ SPLIT_OPTION_VARIANTS = {
 }
 
 
-def split_options(den, sc, n, seed, cfg=9.0, steps=(8, 16)):
+def split_options(den, sc, n, seed, cfg=9.0, steps=(6, 8, 16)):
     """The split sampler's options at two budgets under strong CFG."""
     return bench_split(den, sc, n, seed, cfg, steps, SPLIT_OPTION_VARIANTS)
 
@@ -218,7 +220,8 @@ SECTIONS = ("nested", "split", "elastic", "elastic-equal", "nested-options", "sp
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer pictures (numbers are noisier)")
-    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    ap.add_argument("--sections", nargs="+", default=None, choices=SECTIONS,
+                    help="default: all; with --quick: nested split elastic")
     ap.add_argument("--samples", type=int, default=None, help="pictures per 32 x 32 setting (default 100, quick 25)")
     ap.add_argument("--size-samples", type=int, default=None, help="pictures per size (default 20, quick 5)")
     ap.add_argument("--seed", type=int, default=0)
@@ -226,6 +229,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    sections = a.sections or (["nested", "split", "elastic"] if a.quick else list(SECTIONS))
     n = a.samples or (25 if a.quick else 100)
     ns = a.size_samples or (5 if a.quick else 20)
     den, clf = R.load_models()
@@ -241,7 +245,7 @@ def main(argv=None):
            "nested-options": lambda: nested_options(den, sc, n, a.seed),
            "split-options": lambda: split_options(den, sc, n, a.seed),
            "elastic-options": lambda: elastic_options(den, sc, ns, a.seed)}
-    for name in a.sections:
+    for name in sections:
         t0 = time.time()
         print(f"\n== {name}")
         out[name] = run[name]()
