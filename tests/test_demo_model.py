@@ -4,10 +4,8 @@
 ``nodes/`` cannot shadow anything).  Fast: 40 samples of 8 Euler steps per model, one thread (the
 conftest's setting; two spinning threads are much slower on a shared machine).
 """
-import importlib.util
 import json
 import os
-import sys
 
 import pytest
 import torch
@@ -15,18 +13,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_demo():
-    if "demo" in sys.modules:
-        return sys.modules["demo"]
-    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "demo", "__init__.py"),
-                                                  submodule_search_locations=[os.path.join(ROOT, "demo")])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["demo"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from _pack import load_demo  # noqa: E402  (scripts/ is on sys.path: tests/conftest.py)
 
-
-demo = _load_demo()
+demo = load_demo()
 from demo import metrics  # noqa: E402
 from demo.data import render_scene, tile  # noqa: E402
 from demo.st import read_file, save_file  # noqa: E402

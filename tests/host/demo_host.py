@@ -7,7 +7,6 @@ scale 1): an EmptyLatentImage of 256 x 256 is a 32 x 32 picture, and latent2rgb 
 as it is.  The "text encoder" reads a class name from the prompt ("a red square" -> square);
 a prompt without one is the null class (the unconditional branch of CFG).
 """
-import importlib.util
 import os
 import sys
 import time
@@ -25,15 +24,13 @@ CONTEXT_DIM = 768
 
 
 def load_demo():
-    """The ``demo`` package, loaded by file location (the repository root never goes on sys.path)."""
-    if "demo" in sys.modules:
-        return sys.modules["demo"]
-    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "demo", "__init__.py"),
-                                                  submodule_search_locations=[os.path.join(ROOT, "demo")])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["demo"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """The ``demo`` package, by file location (the scripts' loader; the repository root never goes
+    on sys.path)."""
+    scripts = os.path.join(ROOT, "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    from _pack import load_demo as load
+    return load()
 
 
 class DemoFormat(comfy.latent_formats.LatentFormat):
