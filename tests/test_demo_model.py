@@ -10,7 +10,6 @@ import os
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 from _pack import load_demo  # noqa: E402  (scripts/ is on sys.path: tests/conftest.py)
