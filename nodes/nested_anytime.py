@@ -46,7 +46,7 @@ def inner_schedule(name: str):
 
 
 def sample_nested_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
-                        inner_sampler="euler_ancestral", inner_steps=8, inner_scheduler="official",
+                        inner_sampler="euler", inner_steps=8, inner_scheduler="official",
                         inner_eta=0.85, outer_eta=1.0, inner_end="zero", on_model_call=None, should_stop=None,
                         sample_ids=None, live=None, resume=None, state=None):
     """The k-diffusion function behind the SAMPLER: resolves ComfyUI pieces, then runs sample_nested.
@@ -68,7 +68,7 @@ def sample_nested_comfy(model, x, sigmas, extra_args=None, callback=None, disabl
     stochastic = "eta" in opts or "ancestral" in inner_sampler or "sde" in inner_sampler
     if not stochastic and outer_eta == 0 and len(sigmas) > 3:
         logging.warning(f"NestedSampler: the inner sampler {inner_sampler!r} is deterministic and outer_eta is 0; "
-                        "over many outer steps the result drifts (the outer state over-disperses). "
+                        "on some models the result drifts over many outer steps (the outer state over-disperses). "
                         "Use outer_eta > 0 or an ancestral inner sampler.")
     # SDE solvers keep their own Brownian-tree noise (seeded per inner process); the others get
     # per-sample streams, so a sample alone equals the same sample in a batch.

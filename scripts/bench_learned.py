@@ -152,14 +152,15 @@ def _nested_final(den, sc, lab, outer, inner, cfg, seed, **opts):
 def nested_options(den, sc, n, seed, cfg=3.0):
     """outer_eta, inner sampler and the outer x inner split at 48 model calls."""
     lab = R.balanced_labels(n)
+    anc = {"inner_sampler": None}        # the paper's inner: ancestral Euler, eta 0.85
     variants = {
-        "6x8 outer_eta 1 (default)": (6, 8, {}),
-        "6x8 outer_eta 0.5": (6, 8, {"outer_eta": 0.5}),
-        "6x8 outer_eta 0 (official)": (6, 8, {"outer_eta": 0.0}),
-        "6x8 inner deterministic euler": (6, 8, {"inner_sampler": sample_euler}),
+        "6x8 inner euler, outer_eta 1 (default)": (6, 8, {}),
+        "6x8 inner euler, outer_eta 0": (6, 8, {"outer_eta": 0.0}),
         "6x8 inner dpm_2s_grid": (6, 8, {"inner_sampler": nested.sample_dpm_2s_grid,
                                          "inner_scheduler": "official_dpm"}),
-        "6x8 inner euler, outer_eta 0": (6, 8, {"inner_sampler": sample_euler, "outer_eta": 0.0}),
+        "6x8 inner ancestral (paper), outer_eta 1": (6, 8, anc),
+        "6x8 inner ancestral, outer_eta 0.5": (6, 8, {**anc, "outer_eta": 0.5}),
+        "6x8 inner ancestral, outer_eta 0 (paper)": (6, 8, {**anc, "outer_eta": 0.0}),
         "3x16": (3, 16, {}),
         "12x4": (12, 4, {}),
         "2x24": (2, 24, {}),
@@ -180,17 +181,17 @@ def nested_options(den, sc, n, seed, cfg=3.0):
 
 
 SPLIT_OPTION_VARIANTS = {
-    "ltsp4 (default: shared, base cond, fixed)": ("split", {"method": "ltsp4"}),
-    "ltsp4 base uncond": ("split", {"method": "ltsp4", "split_base": "uncond"}),
-    "ltsp4 variable coeffs": ("split", {"method": "ltsp4", "ab_coeffs": "variable"}),
-    "ltsp4 sequential": ("split", {"method": "ltsp4", "eval_mode": "sequential"}),
-    "ltsp4 sequential variable": ("split", {"method": "ltsp4", "eval_mode": "sequential", "ab_coeffs": "variable"}),
-    "ltsp2": ("split", {"method": "ltsp2"}),
-    "ltsp2 variable coeffs": ("split", {"method": "ltsp2", "ab_coeffs": "variable"}),
-    "ltsp2 base uncond": ("split", {"method": "ltsp2", "split_base": "uncond"}),
-    "ltsp2 sequential": ("split", {"method": "ltsp2", "eval_mode": "sequential"}),
-    "stsp4": ("split", {"method": "stsp4"}),
-    "stsp2": ("split", {"method": "stsp2"}),
+    "ltsp4 (default: sequential, variable)": ("split", {"method": "ltsp4", "ab_coeffs": "variable"}),
+    "ltsp4 sequential fixed (paper)": ("split", {"method": "ltsp4"}),
+    "ltsp4 shared fixed": ("split", {"method": "ltsp4", "eval_mode": "shared"}),
+    "ltsp4 shared variable": ("split", {"method": "ltsp4", "eval_mode": "shared", "ab_coeffs": "variable"}),
+    "ltsp4 shared base uncond": ("split", {"method": "ltsp4", "eval_mode": "shared", "split_base": "uncond"}),
+    "ltsp4 sequential base uncond": ("split", {"method": "ltsp4", "ab_coeffs": "variable", "split_base": "uncond"}),
+    "ltsp2 shared": ("split", {"method": "ltsp2", "eval_mode": "shared"}),
+    "ltsp2 shared variable": ("split", {"method": "ltsp2", "eval_mode": "shared", "ab_coeffs": "variable"}),
+    "ltsp2 sequential variable": ("split", {"method": "ltsp2", "ab_coeffs": "variable"}),
+    "stsp4": ("split", {"method": "stsp4", "ab_coeffs": "variable"}),
+    "stsp2": ("split", {"method": "stsp2", "ab_coeffs": "variable"}),
     "plms4 (no split)": ("split", {"method": "plms4"}),
     "euler = DDIM": ("solver", "euler"),
 }

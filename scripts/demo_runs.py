@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from _pack import load_demo, load_pack
-from baselines import SOLVERS, PassCounter, cfg_model, sample_multidiffusion
+from baselines import SOLVERS, PassCounter, cfg_model, sample_euler, sample_multidiffusion
 
 nse = load_pack()
 demo = load_demo()
@@ -21,7 +21,7 @@ from nse.samplers import elastic, nested, split  # noqa: E402
 
 metrics = demo.metrics
 
-__all__ = ["load_models", "Scorer", "balanced_labels", "balanced_data", "nested_run", "plain_previews",
+__all__ = ["load_models", "Scorer", "balanced_labels", "balanced_data", "NESTED_NODE_DEFAULTS", "nested_run", "plain_previews", "SPLIT_NODE_DEFAULTS",
            "SPLIT_METHODS", "split_passes", "steps_for_budget", "split_run", "ELASTIC_METHODS", "SizeRun",
            "elastic_run", "object_summary", "crop_scores", "run_table"]
 
@@ -72,9 +72,16 @@ def _noise(n: int, seed: int, sigma0, height: int = 32, width: int = 32) -> torc
 # --------------------------------------------------------------------------------------------
 # Nested
 # --------------------------------------------------------------------------------------------
+#: What the nodes default to where it differs from the pure function's (the paper's) default: a
+#: deterministic Euler inner sampler.  ``inner_sampler=None`` runs the paper's ancestral inner.
+NESTED_NODE_DEFAULTS = {"inner_sampler": sample_euler}
+
+
 def nested_run(den, labels, outer: int, inner: int, cfg: float = 3.0, seed: int = 0,
                **options) -> Tuple[List[torch.Tensor], List[float]]:
-    """Nested Diffusion on the official outer grid: (x0 after every outer step, NFE used by then)."""
+    """Nested Diffusion on the official outer grid with the node defaults (``options`` override them):
+    (x0 after every outer step, NFE used by then)."""
+    options = {**NESTED_NODE_DEFAULTS, **options}
     counter = PassCounter(den)
     ms = den.model_sampling
     sig = nested.official_outer_sigmas(ms, outer).to(torch.float32)
@@ -103,10 +110,14 @@ def plain_previews(den, labels, steps: int, cfg: float = 3.0, seed: int = 0, sol
 # --------------------------------------------------------------------------------------------
 # Split: every method at equal NFE under strong CFG
 # --------------------------------------------------------------------------------------------
+#: What the nodes default to where it differs from the pure function's (the paper's) default.  With
+#: the demo's probe (which has a base-only call) eval_mode 'auto' is the paper's sequential mode.
+SPLIT_NODE_DEFAULTS = {"ab_coeffs": "variable"}
+
 #: label -> ("split", sample_split options) or ("solver", name in baselines.SOLVERS)
 SPLIT_METHODS: Dict[str, Tuple[str, object]] = {
-    "ltsp4 (default)": ("split", {"method": "ltsp4"}),
-    "ltsp2": ("split", {"method": "ltsp2"}),
+    "ltsp4 (default)": ("split", {"method": "ltsp4", **SPLIT_NODE_DEFAULTS}),
+    "ltsp2 shared": ("split", {"method": "ltsp2", "eval_mode": "shared"}),
     "stsp4": ("split", {"method": "stsp4"}),
     "euler = DDIM": ("solver", "euler"),
     "dpmpp_2m": ("solver", "dpmpp_2m"),

@@ -43,7 +43,7 @@ def nested_graph(kind):
     graph = text_to_image(kind, "nested", "a photograph of a nest with a blue egg inside", 512 if sd15 else 1024,
                           512 if sd15 else 1024, "NestedKSampler", {
                               "seed": 24, "outer_steps": 5, "inner_steps": 8, "cfg": 7.5 if sd15 else 7.0,
-                              "inner_sampler": "euler_ancestral", "inner_scheduler": "official",
+                              "inner_sampler": "euler", "inner_scheduler": "official",
                               "outer_scheduler": "official_outer", "denoise": 1.0, "inner_eta": 0.85,
                               "outer_eta": 1.0, "time_budget": 0.0, "switch_at_outer_step": 0})
     graph[8] = ("VAEDecode", {"samples": L(5, 1), "vae": L(1, 2)})      # the anytime strip
@@ -58,7 +58,7 @@ def split_graph(kind):
                          512 if sd15 else 1024, "SplitGuidedSampler", {
                              "seed": 7, "steps": 15, "cfg": 9.0 if sd15 else 8.0, "scheduler": "split_respace",
                              "denoise": 1.0, "method": "ltsp4", "split_term": "cfg_delta", "split_base": "cond",
-                             "eval_mode": "auto", "ab_coeffs": "fixed", "final_step": "auto",
+                             "eval_mode": "auto", "ab_coeffs": "variable", "final_step": "auto",
                              "guidance_scale": 1.0}) | {8: note(NOTES["split"])}
 
 
@@ -74,7 +74,7 @@ def elastic_graph(kind):
                              "base_resolution": 0, "size_cond": "per_call", "mode": "clean"}) | {8: note(NOTES["elastic"])}
 
 
-NESTED_KS = {"seed": 24, "outer_steps": 5, "inner_steps": 8, "cfg": 7.5, "inner_sampler": "euler_ancestral",
+NESTED_KS = {"seed": 24, "outer_steps": 5, "inner_steps": 8, "cfg": 7.5, "inner_sampler": "euler",
              "inner_scheduler": "official", "outer_scheduler": "official_outer", "denoise": 1.0, "inner_eta": 0.85,
              "outer_eta": 1.0, "time_budget": 0.0, "switch_at_outer_step": 0}
 NOTE = "Note"       # the frontend's own note node: in the UI file only, never in the API twin
@@ -106,7 +106,7 @@ def cfg_guider(cfg):
 
 def nested_custom_advanced():
     g = custom_advanced("nested", "a photograph of a bird nest on a branch", cfg_guider(7.0),
-                        ("NestedSampler", {"inner_sampler": "euler_ancestral", "inner_steps": 8,
+                        ("NestedSampler", {"inner_sampler": "euler", "inner_steps": 8,
                                            "inner_scheduler": "official", "inner_eta": 0.85, "outer_eta": 1.0,
                                            "inner_end": "zero"}),
                         ("NestedOfficialOuterScheduler", {"model": L(1, 0), "steps": 5}))
@@ -120,7 +120,7 @@ def nested_custom_advanced():
 def split_custom_advanced():
     g = custom_advanced("split", "a red apple on a wooden table, studio light", cfg_guider(9.0),
                         ("SplitSampler", {"method": "ltsp4", "split_term": "cfg_delta", "split_base": "cond",
-                                          "eval_mode": "auto", "ab_coeffs": "fixed", "final_step": "auto",
+                                          "eval_mode": "auto", "ab_coeffs": "variable", "final_step": "auto",
                                           "guidance_scale": 1.0}),
                         ("SplitRespace", {"model": L(1, 0), "steps": 12, "denoise": 1.0}), seed=7)
     g[12] = note("SplitSampler under SamplerCustomAdvanced with a plain CFGGuider: the guidance term "
@@ -207,7 +207,8 @@ NOTES = {
               "when it is good enough: the node returns that picture and VAE Decode + Save Image still run. "
               "'intermediates' decodes to every outer step's picture.",
     "split": "SplitGuidedSampler at strong cfg and few steps: the guidance term is taken first order, the "
-             "model's own field high order (ltsp4). Compare with KSampler dpmpp_2m at the same steps.",
+             "model's own field high order (ltsp4). A step costs 1.5 KSampler steps (one CFG call plus one "
+             "cond-only pass). Compare with KSampler dpmpp_2m at the same steps, or euler at 1.5x the steps.",
     "elastic": "ElasticLatentSampler: a size the model was not trained at. The global composition comes from "
                "a reference at the training size, details from patches, so the subject is drawn once, not "
                "repeated. It costs several times a KSampler run at that size.",

@@ -350,10 +350,19 @@ def test_p6_cfg_call_counts(method, mode, exp_calls, exp_base):
     assert m2.calls == exp_calls + exp_base and m2.base_calls == 0
 
 
-def test_p6_shared_cfg_costs_two_passes_per_step_and_cfg1_skips_uncond():
+def test_p6_auto_eval_mode_costs_and_cfg1_skips_uncond():
+    # auto with a base-only call: the paper's sequential mode, one CFG call + one cond pass a step
     m = CFGDenoiser(d_cond, d_uncond, 5.0)
-    S.sample_split(m, X0, SIGMAS, method="ltsp4")                  # defaults: cfg_delta, cond, auto=shared
-    assert m.cond_passes + m.uncond_passes == 2 * N_STEPS
+    S.sample_split(m, X0, SIGMAS, method="ltsp4")                  # defaults: cfg_delta, cond, auto
+    assert (m.cond_passes, m.uncond_passes, m.base_calls) == (2 * N_STEPS, N_STEPS, N_STEPS)
+    # auto without one (a stock CFG guider): shared, the cost of any CFG sampler (2 passes a step)
+    m0 = CFGDenoiser(d_cond, d_uncond, 5.0, base_only_calls=False)
+    assert S.validate_split_options("ltsp4", split_probe=m0).eval_mode == "shared"
+    assert S.validate_split_options("stsp4", split_probe=m0).eval_mode == "sequential"   # Strang needs its own
+    S.sample_split(m0, X0, SIGMAS, method="ltsp4")
+    assert m0.cond_passes + m0.uncond_passes == 2 * N_STEPS and m0.calls == N_STEPS
+    same = S.sample_split(CFGDenoiser(d_cond, d_uncond, 5.0), X0, SIGMAS, method="ltsp4", eval_mode="sequential")
+    assert torch.equal(S.sample_split(CFGDenoiser(d_cond, d_uncond, 5.0), X0, SIGMAS, method="ltsp4"), same)
     m1 = CFGDenoiser(d_cond, d_uncond, 1.0)
     S.sample_split(m1, X0, SIGMAS, method="ltsp4", eval_mode="sequential")
     assert m1.uncond_passes == 0

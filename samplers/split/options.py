@@ -27,7 +27,7 @@ METHODS: Tuple[str, ...] = ("ltsp4", "ltsp2", "stsp4", "stsp2", "plms4", "plms2"
 OPTION_CHOICES: Dict[str, Tuple[str, ...]] = {
     "split_term": ("cfg_delta", "gradient", "none"),   # what G is: CFG delta, a GUIDANCE object, nothing
     "split_base": ("cond", "uncond"),                  # D_b for cfg_delta; cond makes cfg 1 exactly iPNDM
-    "eval_mode": ("auto", "shared", "sequential"),     # auto: shared for ltsp + cfg_delta, else sequential
+    "eval_mode": ("auto", "shared", "sequential"),     # auto: see validate_split_options
     "ab_coeffs": ("fixed", "variable"),                # the paper's constant AB weights, or Lagrange on σ
     "final_step": ("auto", "ab", "denoised"),          # auto: 'ab' for ltsp/stsp, 'denoised' for plms/ddim
     "stsp_end_half": ("clean", "faithful"),            # end half step h/(2σ_{n+1}), or the official VP form
@@ -146,6 +146,9 @@ def validate_split_options(method: str = METHODS[0], steps: Optional[int] = None
     a default probe (a model with ``base_prediction``).  Other keywords: :data:`DEFAULTS`.
     Without an explicit ``split_term`` it follows the pieces given: ``gradient`` with a guidance,
     ``cfg_delta`` with a split probe, else ``none`` (a plain k-diffusion denoiser runs iPNDM/PLMS/DDIM).
+    ``eval_mode='auto'`` runs the paper's sequential evaluation, except for ltsp with ``cfg_delta`` when the
+    probe has no base-only call (``predict_base``): a sequential step would then cost a second guided
+    call, so the step shares one.
     """
     family, order = parse_method(method)
     unknown = sorted(set(options) - set(DEFAULTS))
@@ -184,7 +187,11 @@ def validate_split_options(method: str = METHODS[0], steps: Optional[int] = None
                       f"own evaluation); {method!r} runs as ltsp{order} in shared mode", stacklevel=3)
         family, method = "ltsp", f"ltsp{order}"
     if eval_mode == "auto":
-        eval_mode = "shared" if (split_term == "cfg_delta" and family == "ltsp") else "sequential"
+        # the paper's sequential evaluation, except where it would cost a second full guided call per
+        # step: ltsp + cfg_delta without a base-only call (then the shared call gives both terms)
+        base_only = probe is not None and callable(getattr(probe, "predict_base", None))
+        cheap = split_term != "cfg_delta" or base_only or family != "ltsp"
+        eval_mode = "sequential" if cheap else "shared"
     if split_term == "none" or family in ("ddim", "plms"):
         eval_mode = "shared"      # one evaluation per step in any case
 

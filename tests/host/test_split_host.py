@@ -39,11 +39,21 @@ def run_with_guider(host, model, sampler, sigmas, cfg=5.0, seed=1, kind="sd15"):
     return sampling.run_guider(guider, model, latent(), sampler, sigmas, seed)
 
 
-def test_one_node_costs_one_cfg_call_per_step(host):
-    out, model = run_node(host)
+def test_one_node_shared_costs_one_cfg_call_per_step(host):
+    out, model = run_node(host, eval_mode="shared")
     assert out["samples"].shape == (1, 4, 8, 8) and torch.isfinite(out["samples"]).all()
     calls = net(model).calls
     assert len(calls) == 6 and all(sorted(c["cond_or_uncond"]) == [0, 1] for c in calls)
+
+
+def test_one_node_auto_is_sequential_with_one_cond_only_pass_per_step(host):
+    out, model = run_node(host)                       # eval_mode auto: the paper's sequential evaluation
+    calls = net(model).calls
+    cfg_calls = [c for c in calls if sorted(c["cond_or_uncond"]) == [0, 1]]
+    cond_only = [c for c in calls if c["cond_or_uncond"] == [0] and c["shape"][0] == 1]
+    assert len(cfg_calls) == 6 and len(cond_only) == 6 and len(calls) == 12     # 3 passes a step
+    seq, _ = run_node(host, eval_mode="sequential")
+    assert torch.equal(out["samples"], seq["samples"])
 
 
 def test_cfg_one_makes_no_uncond_call(host):
@@ -54,8 +64,8 @@ def test_cfg_one_makes_no_uncond_call(host):
 def test_sampler_under_cfg_guider_equals_the_one_node(host):
     model = make_model()
     sigmas = host.node("SplitRespace").execute(model, 6, 1.0)[0]
-    a = run_with_guider(host, model, sampler_of(host), sigmas)
-    b, _ = run_node(host, model=model)
+    a = run_with_guider(host, model, sampler_of(host), sigmas)      # auto under a stock CFGGuider: shared
+    b, _ = run_node(host, model=model, eval_mode="shared")
     assert torch.allclose(a["samples"], b["samples"], atol=1e-6)
 
 
