@@ -102,8 +102,8 @@ def split_section(den, sc, a):
     fig, _ = F.grid(cells, list(R.SPLIT_METHODS) + ["data"],
                     [f"budget {b} NFE\n(= {b // 2} CFG steps)" for b in budgets],
                     f"Split under strong guidance (cfg {a.split_cfg:g}): equal NFE in every column",
-                    note=f"NFE = network passes per picture: a CFG step costs 2; stsp4 also makes base-only calls "
-                         f"(5 passes a step), so it gets fewer steps.\nFD and class accuracy over {a.split_samples} "
+                    note=f"NFE = network passes per picture: a CFG step costs 2; ltsp4 (default, sequential) adds a "
+                         f"cond-only pass (3 passes a step), stsp4 5 passes a step, so they get fewer steps.\nFD and class accuracy over {a.split_samples} "
                          f"pictures; the same initial noise in every cell; 'normal' schedule.")
     head = ["method"] + [f"{b} NFE" for b in budgets]
     for key in ("fd", "acc"):
