@@ -111,6 +111,46 @@ def bench_elastic(host, model, pos, neg, repeats, steps=3, side=128):
           f"{t['batched'][0] / t['sequential'][0]:.2f} (target <= 0.5 on a GPU)")
 
 
+#: ComfyUI's unet config of SD1.x (what its model detection finds in an SD1.5 checkpoint)
+SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+             "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
+             "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+             "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
+             "context_dim": 768, "num_heads": 8, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+             "use_temporal_resblock": False, "use_temporal_attention": False}
+
+
+def make_sd15_unet():
+    """The real SD1.5 UNet architecture (860 M parameters) with random weights, as a ModelPatcher on the CPU:
+    what a model call costs in ComfyUI, without a checkpoint download (the pictures are noise)."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    cpu = torch.device("cpu")
+    m = comfy.supported_models.SD15(dict(SD15_UNET)).get_model({}, "", device=cpu)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return comfy.model_patcher.ModelPatcher(m, load_device=cpu, offload_device=cpu)
+
+
+def run_real_arch(repeats=2, size=16):
+    """Seconds per step relative to KSampler on the real SD1.5 UNet architecture (short runs)."""
+    host = load_host()
+    if host is None:
+        return
+    import comfy.utils
+    from mock_models import make_cond
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    model = make_sd15_unet()
+    pos, neg = make_cond("sd15", 0.7), make_cond("sd15", -0.3)
+    lat = {"samples": torch.zeros(1, 4, size, size)}
+    print(f"== host timing, real SD1.5 UNet architecture (random weights): ComfyUI {host.version}, CPU, latent "
+          f"1x4x{size}x{size}, cfg 5, median of {repeats} interleaved runs ==")
+    bench_nested(host, model, pos, neg, lat, repeats, outer=2, inner=3)
+    bench_split(host, model, pos, neg, lat, repeats, steps=4)
+
+
 def run(only=None, repeats=9, size=64):
     """Load the host, build the heavy mock model and run the selected benchmarks (None = all)."""
     host = load_host()
@@ -143,8 +183,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px)")
     ap.add_argument("--only", choices=["nested", "split", "elastic"], default=None)
+    ap.add_argument("--real-arch", action="store_true",
+                    help="Nested and Split on the real SD1.5 UNet architecture (random weights; slow on a CPU)")
     a = ap.parse_args()
-    run(a.only, a.repeats, a.size)
+    if a.real_arch:
+        run_real_arch(max(1, min(a.repeats, 3)), 16 if a.size == 64 else a.size)
+    else:
+        run(a.only, a.repeats, a.size)
 
 
 if __name__ == "__main__":
