@@ -14,6 +14,8 @@ from ..samplers import nested
 from . import anytime_live, compat, sampling
 
 OFFICIAL_DPM = "official_dpm_2s_grid"
+#: the nodes' inner sampler: deterministic Euler gave the best first and final picture on the demo model
+DEFAULT_INNER_SAMPLER = "euler"
 OUTER_INDEX_KEY = "nested_outer_index"
 
 
@@ -46,7 +48,7 @@ def inner_schedule(name: str):
 
 
 def sample_nested_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
-                        inner_sampler="euler", inner_steps=8, inner_scheduler="official",
+                        inner_sampler=DEFAULT_INNER_SAMPLER, inner_steps=8, inner_scheduler="official",
                         inner_eta=0.85, outer_eta=1.0, inner_end="zero", on_model_call=None, should_stop=None,
                         sample_ids=None, live=None, resume=None, state=None):
     """The k-diffusion function behind the SAMPLER: resolves ComfyUI pieces, then runs sample_nested.

@@ -7,8 +7,8 @@ from comfy_api.latest import io
 
 from ..samplers import nested
 from . import compat, nested_resume, sampling
-from .nested_anytime import (AnytimeReport, NestedGuider, inner_sampler_names, inner_scheduler_names,
-                             make_nested_sampler, outer_scheduler_names)
+from .nested_anytime import (DEFAULT_INNER_SAMPLER, AnytimeReport, NestedGuider, inner_sampler_names,
+                             inner_scheduler_names, make_nested_sampler, outer_scheduler_names)
 
 CATEGORY = "sampling/nested"
 
@@ -18,7 +18,7 @@ CATEGORY = "sampling/nested"
 # ------------------------------------------------------------------------------------------
 def _inner_inputs():
     return [
-        io.Combo.Input("inner_sampler", options=inner_sampler_names(), default="euler",
+        io.Combo.Input("inner_sampler", options=inner_sampler_names(), default=DEFAULT_INNER_SAMPLER,
                        tooltip="Solver of every inner diffusion (ComfyUI's own samplers). Default euler "
                                "(deterministic): the best first and final picture on the learned demo model. "
                                "euler_ancestral with inner_eta 0.85 is the paper's 'DDIM eta 0.85' inner; "
@@ -118,7 +118,7 @@ class NestedKSampler(io.ComfyNode):
                                      "evaluations."),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1,
                                tooltip="Classifier-free guidance scale, applied at every inner evaluation."),
-                io.Combo.Input("inner_sampler", options=inner_sampler_names(), default="euler",
+                io.Combo.Input("inner_sampler", options=inner_sampler_names(), default=DEFAULT_INNER_SAMPLER,
                                tooltip="Solver of every inner diffusion (ComfyUI's own samplers). Default euler "
                                        "(deterministic, best on the demo model); euler_ancestral with inner_eta "
                                        "0.85 is the paper's inner."),

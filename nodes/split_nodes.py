@@ -16,10 +16,10 @@ SCHEDULERS = ["split_respace"] + list(comfy.samplers.SCHEDULER_NAMES)
 
 
 def _split_inputs():
-    """The method's own inputs, shared by SplitSampler and SplitGuidedSampler.  Defaults = the pure ones
-    (the paper's), except the Adams-Bashforth weights: ComfyUI's schedulers make non-uniform steps, on which
-    only the variable weights are exact (and they measured better on the demo model)."""
-    c, d = split.OPTION_CHOICES, {**split.DEFAULTS, "ab_coeffs": "variable"}
+    """The method's own inputs, shared by SplitSampler and SplitGuidedSampler.  Defaults: the pure ones for
+    a non-uniform grid (ComfyUI's schedulers make one; variable weights also measured better on the demo
+    model)."""
+    c, d = split.OPTION_CHOICES, split.GRID_DEFAULTS
     return [
         io.Combo.Input("method", options=list(split.METHODS), default=split.METHODS[0],
                        tooltip="ltspK/stspK: K-th order Adams-Bashforth on the base field, Euler on the guidance "

@@ -87,20 +87,13 @@ def sample_split_comfy(model, x, sigmas, extra_args=None, callback=None, disable
     return split.run_split(proxy, x, sigmas, config, extra_args=extra_args, callback=callback)
 
 
-class _BaseOnlyStandIn(split.SplitProbe):
-    """Stands in for the probe of a run under :class:`SplitGuider`, which can make base-only calls."""
-
-    def predict_base(self, x, sigma, split_base, **extra_args):      # never called: replaced at run time
-        raise RuntimeError("stand-in probe")
-
-
 def validated_config(method, steps=None, base_only=False, **options) -> split.SplitConfig:
     """The one cross-field validation of a node's options (ValueError naming the input, before any model
     work).  With ``split_term='cfg_delta'`` the probe is installed at run time; a stand-in takes its place.
     ``base_only``: the run's guider is a :class:`SplitGuider` (so ``eval_mode='auto'`` is sequential)."""
     stand_in = None
     if options.get("split_term", split.DEFAULTS["split_term"]) == "cfg_delta":
-        stand_in = _BaseOnlyStandIn() if base_only else split.SplitProbe()
+        stand_in = split.BaseOnlyStandIn() if base_only else split.SplitProbe()
     return split.validate_split_options(method, steps, split_probe=stand_in, **options)
 
 

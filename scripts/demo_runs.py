@@ -112,7 +112,7 @@ def plain_previews(den, labels, steps: int, cfg: float = 3.0, seed: int = 0, sol
 # --------------------------------------------------------------------------------------------
 #: What the nodes default to where it differs from the pure function's (the paper's) default.  With
 #: the demo's probe (which has a base-only call) eval_mode 'auto' is the paper's sequential mode.
-SPLIT_NODE_DEFAULTS = {"ab_coeffs": "variable"}
+SPLIT_NODE_DEFAULTS = {"ab_coeffs": split.GRID_DEFAULTS["ab_coeffs"]}
 
 #: label -> ("split", sample_split options) or ("solver", name in baselines.SOLVERS)
 SPLIT_METHODS: Dict[str, Tuple[str, object]] = {
@@ -136,14 +136,8 @@ def split_passes(kind: str, spec, steps: int) -> int:
     return 2 * c["model"] + c["base"]
 
 
-class _ProbeShape(split.SplitProbe):
-    """A probe with a base-only call: what ``demo.cfg_denoiser`` gives (for the cost formula only)."""
-
-    def predict_base(self, x, sigma, split_base, **extra):      # pragma: no cover - never called
-        raise NotImplementedError
-
-
-_PROBE_SHAPE = _ProbeShape()
+#: the demo's probe has a base-only call (``demo.cfg_denoiser``); the cost formula needs only that
+_PROBE_SHAPE = split.BaseOnlyStandIn()
 
 
 def steps_for_budget(kind: str, spec, budget: int) -> int:

@@ -113,6 +113,9 @@ def test_no_function_is_long_without_a_reason():
 
 
 def test_no_citations_of_internal_design_files():
+    """Users and future readers do not have the engineers' internal specification files, so code, messages
+    and docs must give the reason in place (design notes live in docs/).  The names below are the check's
+    own list, not citations."""
     banned = ("spec \u00a7", "nested.md", "split.md", "elastic.md", "comfy-host.md", "shared/specs")
     skip = (".git", ".venv", "__pycache__", "out", "node_modules")
     for dirpath, dirnames, filenames in os.walk(ROOT):

@@ -17,7 +17,7 @@ import torch
 
 from ..checks import check_bool, check_choice, check_float, check_int
 
-__all__ = ["METHODS", "OPTION_CHOICES", "DEFAULTS", "SplitConfig", "parse_method", "min_steps", "check_steps",
+__all__ = ["METHODS", "OPTION_CHOICES", "DEFAULTS", "GRID_DEFAULTS", "SplitConfig", "parse_method", "min_steps", "check_steps",
            "validate_split_options", "validate_guidance", "validate_probe", "nfe_per_run"]
 
 #: The seven methods of the paper's code, as the node offers them; the first is the default.
@@ -42,6 +42,10 @@ DEFAULTS: Dict[str, Any] = {
     "clamp_denoised": False,   # clamp D_b to [-1, 1]: pixel-space ADM parity only
     "split_probe": None,       # split probe; default: the model itself when it has base_prediction
 }
+
+#: What differs from :data:`DEFAULTS` (the paper's) on a non-uniform σ grid, such as most schedulers
+#: give: the fixed Adams-Bashforth weights are exact on a uniform grid only.  The nodes' defaults.
+GRID_DEFAULTS: Dict[str, Any] = {**DEFAULTS, "ab_coeffs": "variable"}
 
 _METHOD_RE = re.compile(r"^(ddim|plms|ltsp|stsp)([1-4]?)$")
 

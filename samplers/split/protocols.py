@@ -17,7 +17,7 @@ from typing import Dict, Optional
 
 import torch
 
-__all__ = ["SplitProbe", "Guidance", "ColorStatsGuidance"]
+__all__ = ["SplitProbe", "BaseOnlyStandIn", "Guidance", "ColorStatsGuidance"]
 
 
 class SplitProbe:
@@ -57,6 +57,14 @@ class SplitProbe:
             raise RuntimeError(f"split probe: the last model call recorded no {key} (split_base={split_base!r}); "
                                f"with split_base='uncond' the cfg=1 optimisation must be disabled")
         return base
+
+
+class BaseOnlyStandIn(SplitProbe):
+    """A probe that declares a base-only call, for validation and cost formulas before the run's real
+    probe exists (``eval_mode='auto'`` and :func:`nfe_per_run` read only whether it has one)."""
+
+    def predict_base(self, x, sigma, split_base, **extra_args):
+        raise RuntimeError("a stand-in probe is replaced by the run's real probe before any model call")
 
 
 class Guidance:
