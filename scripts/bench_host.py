@@ -134,25 +134,11 @@ def make_sd15_unet():
     return comfy.model_patcher.ModelPatcher(m, load_device=cpu, offload_device=cpu)
 
 
-def run_real_arch(repeats=2, size=16):
-    """Seconds per step relative to KSampler on the real SD1.5 UNet architecture (short runs)."""
-    host = load_host()
-    if host is None:
-        return
-    import comfy.utils
-    from mock_models import make_cond
-    comfy.utils.PROGRESS_BAR_ENABLED = False
-    model = make_sd15_unet()
-    pos, neg = make_cond("sd15", 0.7), make_cond("sd15", -0.3)
-    lat = {"samples": torch.zeros(1, 4, size, size)}
-    print(f"== host timing, real SD1.5 UNet architecture (random weights): ComfyUI {host.version}, CPU, latent "
-          f"1x4x{size}x{size}, cfg 5, median of {repeats} interleaved runs ==")
-    bench_nested(host, model, pos, neg, lat, repeats, outer=2, inner=3)
-    bench_split(host, model, pos, neg, lat, repeats, steps=4)
+def run(only=None, repeats=9, size=64, real_arch=False):
+    """Load the host, build the model and run the selected benchmarks (None = all).
 
-
-def run(only=None, repeats=9, size=64):
-    """Load the host, build the heavy mock model and run the selected benchmarks (None = all)."""
+    ``real_arch``: the real SD1.5 UNet (random weights) instead of the heavy mock net, with short runs
+    (Nested 2x3, Split 4 steps) because a CPU call of it takes seconds; Elastic is skipped there."""
     host = load_host()
     if host is None:
         return
@@ -162,16 +148,18 @@ def run(only=None, repeats=9, size=64):
     # The mock net is not a real denoiser: its activations drift into subnormal floats on some
     # trajectories, whose CPU cost depends on the values, not on the sampler.  Flush them.
     torch.set_flush_denormal(True)
-    model = make_model("sd15", heavy=True)
+    model = make_sd15_unet() if real_arch else make_model("sd15", heavy=True)
     pos, neg = make_cond("sd15", 0.7), make_cond("sd15", -0.3)
     lat = {"samples": torch.zeros(1, 4, size, size)}
-    print(f"== host timing: ComfyUI {host.version}, CPU, mock SD1.5-like model (heavy conv net), latent "
+    what = ("real SD1.5 UNet architecture (random weights)" if real_arch
+            else "mock SD1.5-like model (heavy conv net)")
+    print(f"== host timing: ComfyUI {host.version}, CPU, {what}, latent "
           f"1x4x{size}x{size}, cfg 5, median of {repeats} interleaved runs ==")
     if only in (None, "nested"):
-        bench_nested(host, model, pos, neg, lat, repeats)
+        bench_nested(host, model, pos, neg, lat, repeats, *((2, 3) if real_arch else ()))
     if only in (None, "split"):
-        bench_split(host, model, pos, neg, lat, repeats)
-    if only in (None, "elastic"):
+        bench_split(host, model, pos, neg, lat, repeats, *((4,) if real_arch else ()))
+    if only in (None, "elastic") and not real_arch:
         print("(heavy conv net: compute-bound, as a UNet on a CPU)")
         bench_elastic(host, model, pos, neg, max(3, repeats // 3))
         print("(tiny net: per-call overhead dominates, closer to a GPU running batch-1 calls)")
@@ -187,7 +175,7 @@ def main():
                     help="Nested and Split on the real SD1.5 UNet architecture (random weights; slow on a CPU)")
     a = ap.parse_args()
     if a.real_arch:
-        run_real_arch(max(1, min(a.repeats, 3)), 16 if a.size == 64 else a.size)
+        run(a.only, max(1, min(a.repeats, 3)), 16 if a.size == 64 else a.size, real_arch=True)
     else:
         run(a.only, a.repeats, a.size)
 

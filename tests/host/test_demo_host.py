@@ -79,3 +79,37 @@ def test_elastic_at_twice_the_width_on_the_learned_model(host):
     assert x.shape == (N, 3, 32, 64) and torch.isfinite(x).all()
     counts = demo.metrics.object_count(x.clamp(-1, 1))
     assert (counts >= 1).float().mean() >= 0.75, counts.tolist()      # pictures, not noise
+
+
+def _node_defaults(host, name):
+    spec = host.node(name).INPUT_TYPES()
+    return {k: s[1]["default"] for sec in ("required", "optional") for k, s in (spec.get(sec) or {}).items()
+            if len(s) > 1 and isinstance(s[1], dict) and "default" in s[1]}
+
+
+def test_the_demo_figures_run_what_a_new_node_defaults_to(host):
+    """The README's pictures claim to show the nodes' defaults: the demo's runs must use them."""
+    import inspect
+
+    import demo_runs
+    from baselines import sample_euler
+
+    nested_node = _node_defaults(host, "NestedKSampler")
+    pure = inspect.signature(demo_runs.nested.sample_nested).parameters
+    shared = [k for k in nested_node if k in pure and k not in demo_runs.NESTED_NODE_DEFAULTS]
+    assert {"inner_steps", "inner_eta", "outer_eta"} <= set(shared)
+    resolved = {"inner_scheduler": "official"}         # None means 'official' when model_sampling is given
+    for k in shared:                                   # the rest comes from the pure function's defaults
+        default = pure[k].default
+        assert nested_node[k] == (resolved[k] if default is None and k in resolved else default), k
+    assert nested_node["inner_sampler"] == "euler" and demo_runs.NESTED_NODE_DEFAULTS["inner_sampler"] is sample_euler
+
+    split_node = _node_defaults(host, "SplitGuidedSampler")
+    grid = demo_runs.split.GRID_DEFAULTS
+    shared = [k for k in split_node if k in grid]
+    assert {"eval_mode", "ab_coeffs", "final_step", "split_term"} <= set(shared)
+    for k in shared:
+        assert split_node[k] == grid[k], k
+    kind, options = demo_runs.SPLIT_METHODS["ltsp4 (default)"]
+    assert kind == "split" and options["method"] == split_node["method"] == "ltsp4"
+    assert {**demo_runs.split.DEFAULTS, **options} == {**grid, "method": "ltsp4"}
