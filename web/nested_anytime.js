@@ -7,7 +7,9 @@
 // the run finishes its current outer step and returns that picture as a normal result, so VAE
 // Decode and Save Image still run.  The button posts to the pack's route /nested/stop.
 // Only the standard widget API is used (a button and a DOM widget, neither saved in the workflow),
-// so it works on the classic canvas and with the Vue node renderer.
+// so it works on the classic canvas and with the Vue node renderer.  Inside a subgraph the event
+// carries the execution id "outer:...:inner"; the strip is shown on the node inside the subgraph
+// and on the subgraph node that stands for it in the root graph, and either button stops the run.
 
 const comfy = window.comfyAPI || {};
 const app = comfy.app && comfy.app.app;
@@ -17,21 +19,37 @@ const EVENT = "nested.anytime";
 const STOP_ROUTE = "/nested/stop";
 const STRIP = "nested_anytime_strip";
 const BUTTON = "Stop & keep";
-const runs = new Map();   // graph node id -> {promptId, node, total, running}
+const runs = new WeakMap();   // node -> {promptId, node (execution id), total, running}
 
 function graph() {
   return app.rootGraph || app.graph;
 }
 
-function findNode(detail) {
-  const g = graph();
-  if (!g) return null;
+function byId(g, id) {
+  return g.getNodeById(Number(id)) || g.getNodeById(id);
+}
+
+// The nodes that show a run with this execution id: the node itself and, inside a subgraph, the
+// subgraph node of the root graph that contains it.
+function nodesOf(id) {
+  let g = graph(), n = null, outer = null;
+  for (const part of String(id).split(":")) {
+    n = g && byId(g, part);
+    if (!n) return [];
+    outer = outer || n;
+    g = n.subgraph;
+  }
+  return outer === n ? [n] : [n, outer];
+}
+
+function findNodes(detail) {
+  if (!graph()) return [];
   for (const id of [detail.display_node, detail.node]) {
     if (id === undefined || id === null) continue;
-    const n = g.getNodeById(Number(id)) || g.getNodeById(id);
-    if (n) return n;
+    const found = nodesOf(id);
+    if (found.length) return found;
   }
-  return null;
+  return [];
 }
 
 function addStyle() {
@@ -93,7 +111,7 @@ function setButton(node, enabled, label) {
 }
 
 async function stop(node) {
-  const run = runs.get(node.id);
+  const run = runs.get(node);
   if (!run || !run.running) {
     setButton(node, false, "Stop & keep (not running)");
     return;
@@ -114,11 +132,13 @@ async function stop(node) {
 }
 
 function onEvent(detail) {
-  const node = findNode(detail);
-  if (!node) return;
+  for (const node of findNodes(detail)) show(node, detail);
+}
+
+function show(node, detail) {
   const ui = ensureUI(node);
   if (detail.kind === "start") {
-    runs.set(node.id, { promptId: detail.prompt_id, node: detail.node, total: detail.total, running: true });
+    runs.set(node, { promptId: detail.prompt_id, node: detail.node, total: detail.total, running: true });
     ui.row.replaceChildren();
     ui.title.textContent = detail.step > 0 ? `Resumed at outer step ${detail.step}/${detail.total}`
                                            : `Outer step 0/${detail.total}`;
@@ -140,7 +160,7 @@ function onEvent(detail) {
     ui.row.scrollLeft = ui.row.scrollWidth;
     ui.title.textContent = `Outer step ${detail.step}/${detail.total}: click a picture to enlarge`;
   } else if (detail.kind === "end") {
-    const run = runs.get(node.id);
+    const run = runs.get(node);
     if (run) run.running = false;
     ui.title.textContent = detail.stopped
       ? `Kept outer step ${detail.step}/${detail.total} (stopped); resume continues from here`

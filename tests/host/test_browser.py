@@ -69,8 +69,36 @@ JS_SETUP = """async (wf) => {
           version: window.__COMFYUI_FRONTEND_VERSION__ || ""};
 }""" % NODE
 
-JS_BUTTON = """() => {
-  const app = window.comfyAPI.app.app, g = app.rootGraph || app.graph, n = g.getNodeById(%d);
+# the template's NestedKSampler moved into a subgraph, as a user does with "Convert to Subgraph"
+JS_TO_SUBGRAPH = """async () => {
+  const app = window.comfyAPI.app.app, g = app.rootGraph || app.graph;
+  const made = g.convertToSubgraph(new Set([g.getNodeById(%d)]));
+  const n = made.node || made;
+  app.canvas.ds.offset = [420 - n.pos[0], 120 - n.pos[1]];
+  app.canvas.setDirty(true, true);
+  const prompt = await app.graphToPrompt();
+  return {outer: String(n.id), type: n.type, inner: n.subgraph.nodes.map((x) => [String(x.id), x.type]),
+          executed: Object.keys(prompt.output), saved: n.serialize().widgets_values ?? null};
+}""" % NODE
+
+JS_SAVED = """(id) => {
+  const app = window.comfyAPI.app.app, g = app.rootGraph || app.graph, n = g.getNodeById(id);
+  return n.serialize().widgets_values ?? null;
+}"""
+
+# thumbnails on a node given by execution id ("outer:inner" inside a subgraph)
+JS_THUMBS = """(id) => {
+  const app = window.comfyAPI.app.app;
+  let g = app.rootGraph || app.graph, n = null;
+  for (const part of String(id).split(":")) {
+    n = g && (g.getNodeById(Number(part)) || g.getNodeById(part));
+    g = n && n.subgraph;
+  }
+  return n && n.nestedStrip ? n.nestedStrip.row.querySelectorAll("img").length : -1;
+}"""
+
+JS_BUTTON = """(id) => {
+  const app = window.comfyAPI.app.app, g = app.rootGraph || app.graph, n = g.getNodeById(id);
   const w = n.widgets.find((w) => w.name === "Stop & keep");
   const LG = window.LiteGraph || (window.comfyAPI.litegraph && window.comfyAPI.litegraph.LiteGraph) || {};
   const h = w.computedHeight || LG.NODE_WIDGET_HEIGHT || 20;
@@ -82,12 +110,12 @@ JS_BUTTON = """() => {
           node: [(n.pos[0] + ds.offset[0]) * ds.scale + r.left, (n.pos[1] + ds.offset[1]) * ds.scale + r.top - 30,
                  n.size[0] * ds.scale, n.size[1] * ds.scale + 30],
           strip: sr && [sr.x, sr.y, sr.width, sr.height]};
-}""" % NODE
+}"""
 
-JS_PRESS_BY_CALLBACK = """() => {
-  const app = window.comfyAPI.app.app, g = app.rootGraph || app.graph, n = g.getNodeById(%d);
+JS_PRESS_BY_CALLBACK = """(id) => {
+  const app = window.comfyAPI.app.app, g = app.rootGraph || app.graph, n = g.getNodeById(id);
   n.widgets.find((w) => w.name === "Stop & keep").callback();
-}""" % NODE
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +157,10 @@ def skip_first_run_dialogs(srv):
         urllib.request.urlopen(req, timeout=10).close()
 
 
-def run_in_browser(srv, shots, k=2):
+def run_in_browser(srv, shots, k=2, subgraph=False):
     wf = mock_ui_workflow(os.path.join(comfy_host.ROOT, "workflows", "nested_sd15.json"))
+    if subgraph:       # another seed: ComfyUI's cache would answer the first test's prompt without a run
+        next(n for n in wf["nodes"] if n["id"] == NODE)["widgets_values"][0] += 1
     skip_first_run_dialogs(srv)
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
@@ -149,10 +179,14 @@ def run_in_browser(srv, shots, k=2):
         baseline = list(errors)
         errors.clear()
         setup = page.evaluate(JS_SETUP, wf)
+        shown = NODE                                # the node of the root graph with the strip
+        if subgraph:
+            setup["subgraph"] = page.evaluate(JS_TO_SUBGRAPH)
+            shown = setup["subgraph"]["outer"]
         page.evaluate("async () => { await window.comfyAPI.app.app.queuePrompt(0, 1); }")
         page.wait_for_function(f"() => document.querySelectorAll('.nested-strip-row img').length >= {k}",
                                timeout=90000)
-        where = page.evaluate(JS_BUTTON)
+        where = page.evaluate(JS_BUTTON, shown)
         if shots:
             x, y, w, h = where["node"]
             page.screenshot(path=os.path.join(shots, "anytime_strip.png"),
@@ -162,18 +196,21 @@ def run_in_browser(srv, shots, k=2):
         pressed = "canvas click"
         if not stops:
             pressed = "widget callback (the canvas click did not reach the button)"
-            page.evaluate(JS_PRESS_BY_CALLBACK)
+            page.evaluate(JS_PRESS_BY_CALLBACK, shown)
         page.wait_for_function("() => window.__nested.some((d) => d.kind === 'end')", timeout=90000)
         events = page.evaluate("() => window.__nested")
         thumbs = page.evaluate("() => document.querySelectorAll('.nested-strip-row img').length")
         title = page.evaluate("() => document.querySelector('.nested-strip-title').textContent")
+        by_node = {str(i): page.evaluate(JS_THUMBS, i) for i in {shown, *(e["node"] for e in events)}}
+        saved_after = page.evaluate(JS_SAVED, shown)
         if shots:
-            x, y, w, h = page.evaluate(JS_BUTTON)["node"]
+            x, y, w, h = page.evaluate(JS_BUTTON, shown)["node"]
             page.screenshot(path=os.path.join(shots, "anytime_stopped.png"),
                             clip={"x": max(0, x - 10), "y": max(0, y - 10), "width": w + 20, "height": h + 20})
         browser.close()
     return dict(setup=setup, events=events, thumbs=thumbs, title=title, stops=stops, pressed=pressed,
-                errors=errors, baseline=baseline, shown_at_press=k)
+                errors=errors, baseline=baseline, shown_at_press=k, by_node=by_node,
+                saved_after=saved_after)
 
 
 @pytest.mark.server
@@ -209,3 +246,34 @@ def test_strip_and_stop_and_keep_in_the_real_frontend(server, host, tmp_path):
     if os.environ.get("NSE_SCREENSHOT_DIR"):
         shutil.copy(os.path.join(shots, "anytime_strip.png"),
                     os.path.join(shots, f"anytime_strip_{host.version}.png"))
+
+
+@pytest.mark.server
+def test_strip_and_stop_and_keep_inside_a_subgraph(server, host, tmp_path):
+    """The NestedKSampler converted into a subgraph: its events carry the execution id 'outer:inner';
+    the strip shows on the subgraph node in the root graph and on the node inside, and Stop & keep
+    pressed on the subgraph node keeps that outer step."""
+    r = run_in_browser(server, str(tmp_path), subgraph=True)
+    assert not r["errors"], r["errors"]
+    sub = r["setup"]["subgraph"]
+    assert [str(NODE), "NestedKSampler"] in sub["inner"], sub
+    assert any(k.endswith(f":{NODE}") for k in sub["executed"]), sub   # the prompt runs it inside the subgraph
+    assert r["stops"], "Stop & keep on the subgraph node sent no request"
+    end = [e for e in r["events"] if e["kind"] == "end"][-1]
+    steps = [e for e in r["events"] if e["kind"] == "step"]
+    inner_id = str(end["node"])
+    assert inner_id == f"{sub['outer']}:{NODE}", inner_id
+    hist = wait_history(server, end["prompt_id"])
+    assert hist["status"]["status_str"] == "success"
+    done = end["step"]
+    assert end["stopped"] and r["shown_at_press"] <= done <= r["shown_at_press"] + 1 < 5
+    assert r["by_node"][str(sub["outer"])] == len(steps) == done    # the root graph's strip: one per outer step
+    assert r["by_node"][inner_id] == done                            # and the node inside the subgraph
+    assert r["thumbs"] == 2 * done                                   # no other strip on the page
+    assert r["saved_after"] == sub["saved"]                          # the strip and button are not saved
+    saved, strip = hist["outputs"]["7"]["images"], hist["outputs"]["9"]["images"]
+    assert len(saved) == 1 and len(strip) == done
+    assert image(server, saved[0]).tobytes() == image(server, strip[-1]).tobytes()
+    print(f"browser test in a subgraph, ComfyUI {host.version}: events from node {inner_id}; {done} thumbnails on "
+          f"the subgraph node and inside; Stop & keep by {r['pressed']} kept outer step {done}/5; subgraph node's saved "
+          f"widget values unchanged: {sub['saved']}")
