@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import torch
 
-from . import compat
+from . import compat, sampling
 
 #: the websocket event of the web extension (``api.addEventListener("nested.anytime", ...)``)
 EVENT = "nested.anytime"
@@ -91,6 +91,7 @@ class LiveRun:
         self.server = compat.prompt_server()
         self.prompt_id, self.node_id, self.display_node = ids
         self.total, self.patcher = int(total_steps), patcher
+        self._previewer = None
         self.key = (self.prompt_id, self.node_id)
         if self.prompt_id is not None:
             with _RUNS_LOCK:
@@ -108,7 +109,8 @@ class LiveRun:
             pass
 
     def step(self, i: int, x0: torch.Tensor, nfe: int, preview=None) -> None:
-        """Outer step ``i`` (0-based) finished with estimate ``x0`` (model space)."""
+        """Outer step ``i`` (0-based) finished with estimate ``x0`` (model space); ``preview``: ComfyUI's
+        preview image of it when the caller made one (else it is made here, with the same method)."""
         if self.prompt_id is None:
             return
         with _RUNS_LOCK:
@@ -116,8 +118,20 @@ class LiveRun:
                 RUNS[self.key]["step"] = i + 1
         if self.server is None:
             return
+        if preview is None:
+            preview = self._preview(x0)
         self._send({"kind": "step", "step": i + 1, "nfe": int(nfe),
                     "image": thumbnail(x0, self.patcher, preview)})
+
+    def _preview(self, x0):
+        """ComfyUI's preview image of ``x0`` with the user's preview method (TAESD, latent2rgb), so a
+        NestedSampler graph's strip looks like NestedKSampler's; None where previews are off."""
+        try:
+            if self._previewer is None:
+                self._previewer = sampling.Previewer(self.patcher)
+            return self._previewer.image(x0)
+        except Exception:           # a preview must never fail the run
+            return None
 
     def should_stop(self, i: int) -> bool:
         return self.prompt_id is not None and STOPS.wanted(self.prompt_id, self.node_id)

@@ -152,3 +152,50 @@ def test_resume_refuses_a_latent_without_state_or_changed_after_the_run(host):
         node.execute(resume=changed, **args)
     out = node.execute(resume=first, **args)[0]             # the untouched one resumes
     assert out["nested_state"]["step"] == 4 and first["nested_state"]["step"] == 1
+
+
+def _strip_colours(server):
+    import base64
+    import io
+
+    import numpy
+    from PIL import Image
+    out = []
+    for event, data in server.messages:
+        if event == "nested.anytime" and data["kind"] == "step":
+            raw = base64.b64decode(data["image"].split(",", 1)[1])
+            rgb = numpy.asarray(Image.open(io.BytesIO(raw)).convert("RGB"), dtype=numpy.float32)
+            out.append(tuple(int(c) for c in rgb.reshape(-1, 3).mean(0)))
+    return out
+
+
+def test_the_strip_shows_the_users_preview_method_in_both_node_paths(host, monkeypatch):
+    """The strip's thumbnails come through ComfyUI's previewer (TAESD, latent2rgb: the user's setting),
+    for NestedKSampler and for a NestedSampler under SamplerCustomAdvanced alike; a stand-in previewer
+    that paints every preview red shows which channel the thumbnails took."""
+    import comfy_host
+    import latent_preview
+    import server as server_module
+    from PIL import Image
+
+    class RedPreviewer:
+        def decode_latent_to_preview_image(self, fmt, x0):
+            return fmt, Image.new("RGB", (64, 64), (220, 20, 20)), 512
+
+    monkeypatch.setattr(latent_preview, "get_previewer", lambda *a, **k: RedPreviewer())
+    listener = comfy_host.StubServer()              # where the pack's websocket events go
+    listener.last_prompt_id, listener.last_node_id = "p", "9"
+    monkeypatch.setattr(server_module.PromptServer, "instance", listener, raising=False)
+
+    host.run_prompt(graph({"5": nested_inputs(outer_steps=3)}))
+    ksampler = _strip_colours(listener)
+    listener.messages.clear()
+    host.run_prompt(comfy_host.custom_advanced_prompt(
+        ("CFGGuider", {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "cfg": 5.0}),
+        ("NestedSampler", {"inner_sampler": "euler", "inner_steps": 2, "inner_scheduler": "official",
+                           "inner_eta": 0.85, "outer_eta": 1.0, "inner_end": "zero"}),
+        ("NestedOfficialOuterScheduler", {"model": ["1", 0], "steps": 3})))
+    custom = _strip_colours(listener)
+    assert len(ksampler) == 3 and len(custom) == 3, (ksampler, custom)
+    for r, g, b in ksampler + custom:
+        assert r > 180 and g < 60 and b < 60, (ksampler, custom)
