@@ -9,7 +9,8 @@
 // Only the standard widget API is used (a button and a DOM widget, neither saved in the workflow),
 // so it works on the classic canvas and with the Vue node renderer.  Inside a subgraph the event
 // carries the execution id "outer:...:inner"; the strip is shown on the node inside the subgraph
-// and on the subgraph node that stands for it in the root graph, and either button stops the run.
+// and on every subgraph node around it, so it is in view at whichever level the user looks, and
+// any of the buttons stops the run.
 
 const comfy = window.comfyAPI || {};
 const app = comfy.app && comfy.app.app;
@@ -29,17 +30,18 @@ function byId(g, id) {
   return g.getNodeById(Number(id)) || g.getNodeById(id);
 }
 
-// The nodes that show a run with this execution id: the node itself and, inside a subgraph, the
-// subgraph node of the root graph that contains it.
+// The nodes that show a run with this execution id: the node itself and, inside subgraphs, every
+// subgraph node on the way to it from the root graph.
 function nodesOf(id) {
-  let g = graph(), n = null, outer = null;
+  let g = graph();
+  const path = [];
   for (const part of String(id).split(":")) {
-    n = g && byId(g, part);
+    const n = g && byId(g, part);
     if (!n) return [];
-    outer = outer || n;
+    path.push(n);
     g = n.subgraph;
   }
-  return outer === n ? [n] : [n, outer];
+  return path.reverse();
 }
 
 function findNodes(detail) {

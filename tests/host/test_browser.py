@@ -70,15 +70,20 @@ JS_SETUP = """async (wf) => {
 }""" % NODE
 
 # the template's NestedKSampler moved into a subgraph, as a user does with "Convert to Subgraph"
-JS_TO_SUBGRAPH = """async () => {
+# (``depth`` times: a subgraph in a subgraph)
+JS_TO_SUBGRAPH = """async (depth) => {
   const app = window.comfyAPI.app.app, g = app.rootGraph || app.graph;
-  const made = g.convertToSubgraph(new Set([g.getNodeById(%d)]));
-  const n = made.node || made;
+  let n = g.getNodeById(%d), inner = null;
+  for (let d = 0; d < depth; d++) {
+    const made = g.convertToSubgraph(new Set([n]));
+    n = made.node || made;
+    inner = inner || n.subgraph.nodes.map((x) => [String(x.id), x.type]);
+  }
   app.canvas.ds.offset = [420 - n.pos[0], 120 - n.pos[1]];
   app.canvas.setDirty(true, true);
   const prompt = await app.graphToPrompt();
-  return {outer: String(n.id), type: n.type, inner: n.subgraph.nodes.map((x) => [String(x.id), x.type]),
-          executed: Object.keys(prompt.output), saved: n.serialize().widgets_values ?? null};
+  return {outer: String(n.id), type: n.type, inner, executed: Object.keys(prompt.output),
+          saved: n.serialize().widgets_values ?? null};
 }""" % NODE
 
 JS_SAVED = """(id) => {
@@ -157,10 +162,10 @@ def skip_first_run_dialogs(srv):
         urllib.request.urlopen(req, timeout=10).close()
 
 
-def run_in_browser(srv, shots, k=2, subgraph=False):
+def run_in_browser(srv, shots, k=2, subgraph=0):
     wf = mock_ui_workflow(os.path.join(comfy_host.ROOT, "workflows", "nested_sd15.json"))
     if subgraph:       # another seed: ComfyUI's cache would answer the first test's prompt without a run
-        next(n for n in wf["nodes"] if n["id"] == NODE)["widgets_values"][0] += 1
+        next(n for n in wf["nodes"] if n["id"] == NODE)["widgets_values"][0] += subgraph
     skip_first_run_dialogs(srv)
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
@@ -181,7 +186,7 @@ def run_in_browser(srv, shots, k=2, subgraph=False):
         setup = page.evaluate(JS_SETUP, wf)
         shown = NODE                                # the node of the root graph with the strip
         if subgraph:
-            setup["subgraph"] = page.evaluate(JS_TO_SUBGRAPH)
+            setup["subgraph"] = page.evaluate(JS_TO_SUBGRAPH, subgraph)
             shown = setup["subgraph"]["outer"]
         page.evaluate("async () => { await window.comfyAPI.app.app.queuePrompt(0, 1); }")
         page.wait_for_function(f"() => document.querySelectorAll('.nested-strip-row img').length >= {k}",
@@ -201,7 +206,9 @@ def run_in_browser(srv, shots, k=2, subgraph=False):
         events = page.evaluate("() => window.__nested")
         thumbs = page.evaluate("() => document.querySelectorAll('.nested-strip-row img').length")
         title = page.evaluate("() => document.querySelector('.nested-strip-title').textContent")
-        by_node = {str(i): page.evaluate(JS_THUMBS, i) for i in {shown, *(e["node"] for e in events)}}
+        ids = {str(shown)} | {":".join(str(e["node"]).split(":")[:j + 1]) for e in events
+                              for j in range(str(e["node"]).count(":") + 1)}   # every level of the path
+        by_node = {i: page.evaluate(JS_THUMBS, i) for i in ids}
         saved_after = page.evaluate(JS_SAVED, shown)
         if shots:
             x, y, w, h = page.evaluate(JS_BUTTON, shown)["node"]
@@ -249,11 +256,13 @@ def test_strip_and_stop_and_keep_in_the_real_frontend(server, host, tmp_path):
 
 
 @pytest.mark.server
-def test_strip_and_stop_and_keep_inside_a_subgraph(server, host, tmp_path):
-    """The NestedKSampler converted into a subgraph: its events carry the execution id 'outer:inner';
-    the strip shows on the subgraph node in the root graph and on the node inside, and Stop & keep
-    pressed on the subgraph node keeps that outer step."""
-    r = run_in_browser(server, str(tmp_path), subgraph=True)
+@pytest.mark.parametrize("depth", [1, 2])
+def test_strip_and_stop_and_keep_inside_a_subgraph(server, host, tmp_path, depth):
+    """The NestedKSampler converted into a subgraph (and that into another one): its events carry the
+    execution id 'outer:...:inner'; the strip shows on the subgraph node in the root graph, on every
+    level inside and on the node itself, and Stop & keep pressed on the root graph's subgraph node
+    keeps that outer step."""
+    r = run_in_browser(server, str(tmp_path), subgraph=depth)
     assert not r["errors"], r["errors"]
     sub = r["setup"]["subgraph"]
     assert [str(NODE), "NestedKSampler"] in sub["inner"], sub
@@ -262,18 +271,21 @@ def test_strip_and_stop_and_keep_inside_a_subgraph(server, host, tmp_path):
     end = [e for e in r["events"] if e["kind"] == "end"][-1]
     steps = [e for e in r["events"] if e["kind"] == "step"]
     inner_id = str(end["node"])
-    assert inner_id == f"{sub['outer']}:{NODE}", inner_id
+    assert inner_id.startswith(f"{sub['outer']}:") and inner_id.endswith(f":{NODE}"), inner_id
+    assert inner_id.count(":") == depth
     hist = wait_history(server, end["prompt_id"])
     assert hist["status"]["status_str"] == "success"
     done = end["step"]
     assert end["stopped"] and r["shown_at_press"] <= done <= r["shown_at_press"] + 1 < 5
-    assert r["by_node"][str(sub["outer"])] == len(steps) == done    # the root graph's strip: one per outer step
-    assert r["by_node"][inner_id] == done                            # and the node inside the subgraph
-    assert r["thumbs"] == 2 * done                                   # no other strip on the page
+    levels = [":".join(inner_id.split(":")[:j + 1]) for j in range(depth + 1)]
+    assert levels[0] == sub["outer"] and levels[-1] == inner_id
+    assert len(steps) == done
+    assert [r["by_node"][i] for i in levels] == [done] * (depth + 1)   # one per outer step, on every level
+    assert r["thumbs"] == (depth + 1) * done                         # no other strip on the page
     assert r["saved_after"] == sub["saved"]                          # the strip and button are not saved
     saved, strip = hist["outputs"]["7"]["images"], hist["outputs"]["9"]["images"]
     assert len(saved) == 1 and len(strip) == done
     assert image(server, saved[0]).tobytes() == image(server, strip[-1]).tobytes()
-    print(f"browser test in a subgraph, ComfyUI {host.version}: events from node {inner_id}; {done} thumbnails on "
-          f"the subgraph node and inside; Stop & keep by {r['pressed']} kept outer step {done}/5; subgraph node's saved "
+    print(f"browser test in a subgraph (depth {depth}), ComfyUI {host.version}: events from node {inner_id}; {done} "
+          f"thumbnails on each of {levels}; Stop & keep by {r['pressed']} kept outer step {done}/5; subgraph node's saved "
           f"widget values unchanged: {sub['saved']}")
