@@ -20,6 +20,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 PACK_NAME = "nested_split_elastic"
 TEST_PACK_NAME = "nse_testing_pack"
+#: the input types that the graph editor shows as widgets
+WIDGET_TYPES = ("INT", "FLOAT", "BOOLEAN", "STRING", "COMBO")
 
 
 def find_comfy():
@@ -69,6 +71,29 @@ class Host:
 
     def node(self, name):
         return self.nodes.NODE_CLASS_MAPPINGS[name]
+
+    def input_specs(self, name):
+        """[(name, kind, options, required)] of a node; kind is a widget type or 'LINK:<TYPE>'."""
+        spec = self.node(name).INPUT_TYPES()
+        out = []
+        for section in ("required", "optional"):
+            for inp, s in (spec.get(section) or {}).items():
+                typ, opts = s[0], (s[1] if len(s) > 1 and isinstance(s[1], dict) else {})
+                if isinstance(typ, (list, tuple)):
+                    out.append((inp, "COMBO", dict(opts, options=list(typ)), section == "required"))
+                elif typ in WIDGET_TYPES:
+                    out.append((inp, typ, dict(opts), section == "required"))
+                else:
+                    out.append((inp, f"LINK:{typ}", dict(opts), section == "required"))
+        return out
+
+    def widget_defaults(self, name):
+        """{widget: value} of a new node's required widgets, as the graph editor fills them in."""
+        d = {}
+        for inp, kind, opts, required in self.input_specs(name):
+            if kind in WIDGET_TYPES and required:
+                d[inp] = opts["options"][0] if kind == "COMBO" and "default" not in opts else opts.get("default")
+        return d
 
     def pack_module(self, sub):
         """A submodule of the pack as ComfyUI imported it (its module name is the folder path)."""

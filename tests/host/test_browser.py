@@ -162,6 +162,12 @@ def skip_first_run_dialogs(srv):
         urllib.request.urlopen(req, timeout=10).close()
 
 
+def levels(exec_id):
+    """The execution ids from the root graph's node down to ``exec_id`` ("12", "12:11", "12:11:5")."""
+    parts = str(exec_id).split(":")
+    return [":".join(parts[:j + 1]) for j in range(len(parts))]
+
+
 def run_in_browser(srv, shots, k=2, subgraph=0):
     wf = mock_ui_workflow(os.path.join(comfy_host.ROOT, "workflows", "nested_sd15.json"))
     if subgraph:       # another seed: ComfyUI's cache would answer the first test's prompt without a run
@@ -206,8 +212,7 @@ def run_in_browser(srv, shots, k=2, subgraph=0):
         events = page.evaluate("() => window.__nested")
         thumbs = page.evaluate("() => document.querySelectorAll('.nested-strip-row img').length")
         title = page.evaluate("() => document.querySelector('.nested-strip-title').textContent")
-        ids = {str(shown)} | {":".join(str(e["node"]).split(":")[:j + 1]) for e in events
-                              for j in range(str(e["node"]).count(":") + 1)}   # every level of the path
+        ids = {str(shown), *(i for e in events for i in levels(e["node"]))}
         by_node = {i: page.evaluate(JS_THUMBS, i) for i in ids}
         saved_after = page.evaluate(JS_SAVED, shown)
         if shots:
@@ -277,15 +282,15 @@ def test_strip_and_stop_and_keep_inside_a_subgraph(server, host, tmp_path, depth
     assert hist["status"]["status_str"] == "success"
     done = end["step"]
     assert end["stopped"] and r["shown_at_press"] <= done <= r["shown_at_press"] + 1 < 5
-    levels = [":".join(inner_id.split(":")[:j + 1]) for j in range(depth + 1)]
-    assert levels[0] == sub["outer"] and levels[-1] == inner_id
+    path = levels(inner_id)
+    assert path[0] == sub["outer"] and len(path) == depth + 1
     assert len(steps) == done
-    assert [r["by_node"][i] for i in levels] == [done] * (depth + 1)   # one per outer step, on every level
+    assert [r["by_node"][i] for i in path] == [done] * (depth + 1)     # one per outer step, on every level
     assert r["thumbs"] == (depth + 1) * done                         # no other strip on the page
     assert r["saved_after"] == sub["saved"]                          # the strip and button are not saved
     saved, strip = hist["outputs"]["7"]["images"], hist["outputs"]["9"]["images"]
     assert len(saved) == 1 and len(strip) == done
     assert image(server, saved[0]).tobytes() == image(server, strip[-1]).tobytes()
     print(f"browser test in a subgraph (depth {depth}), ComfyUI {host.version}: events from node {inner_id}; {done} "
-          f"thumbnails on each of {levels}; Stop & keep by {r['pressed']} kept outer step {done}/5; subgraph node's saved "
+          f"thumbnails on each of {path}; Stop & keep by {r['pressed']} kept outer step {done}/5; subgraph node's saved "
           f"widget values unchanged: {sub['saved']}")

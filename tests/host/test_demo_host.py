@@ -81,12 +81,6 @@ def test_elastic_at_twice_the_width_on_the_learned_model(host):
     assert (counts >= 1).float().mean() >= 0.75, counts.tolist()      # pictures, not noise
 
 
-def _node_defaults(host, name):
-    spec = host.node(name).INPUT_TYPES()
-    return {k: s[1]["default"] for sec in ("required", "optional") for k, s in (spec.get(sec) or {}).items()
-            if len(s) > 1 and isinstance(s[1], dict) and "default" in s[1]}
-
-
 def test_the_demo_figures_run_what_a_new_node_defaults_to(host):
     """The README's pictures claim to show the nodes' defaults: the demo's runs must use them."""
     import inspect
@@ -94,7 +88,7 @@ def test_the_demo_figures_run_what_a_new_node_defaults_to(host):
     import demo_runs
     from baselines import sample_euler
 
-    nested_node = _node_defaults(host, "NestedKSampler")
+    nested_node = host.widget_defaults("NestedKSampler")
     pure = inspect.signature(demo_runs.nested.sample_nested).parameters
     shared = [k for k in nested_node if k in pure and k not in demo_runs.NESTED_NODE_DEFAULTS]
     assert {"inner_steps", "inner_eta", "outer_eta"} <= set(shared)
@@ -104,7 +98,7 @@ def test_the_demo_figures_run_what_a_new_node_defaults_to(host):
         assert nested_node[k] == (resolved[k] if default is None and k in resolved else default), k
     assert nested_node["inner_sampler"] == "euler" and demo_runs.NESTED_NODE_DEFAULTS["inner_sampler"] is sample_euler
 
-    split_node = _node_defaults(host, "SplitGuidedSampler")
+    split_node = host.widget_defaults("SplitGuidedSampler")
     grid = demo_runs.split.GRID_DEFAULTS
     shared = [k for k in split_node if k in grid]
     assert {"eval_mode", "ab_coeffs", "final_step", "split_term"} <= set(shared)

@@ -41,41 +41,14 @@ from conftest import require_host
 host_ = require_host()
 
 import comfy_host  # noqa: E402
+from comfy_host import WIDGET_TYPES  # noqa: E402
 
 aiohttp = pytest.importorskip("aiohttp", reason="aiohttp (shipped with ComfyUI) is needed for the server test")
 
 PACK_NODES = ["NestedKSampler", "NestedSampler", "NestedOfficialOuterScheduler", "SplitGuidedSampler",
               "SplitSampler", "SplitRespace", "SplitColorGuidance", "ElasticLatentSampler", "ElasticGuider"]
-WIDGET_TYPES = ("INT", "FLOAT", "BOOLEAN", "STRING", "COMBO")
 PROMPT_TIMEOUT = 120          # seconds one case may run before it counts as a hang
 HUGE_REFUSAL_S = 10.0         # a huge latent must be refused within this
-
-
-# ------------------------------------------------------------------------------------------
-# the nodes' inputs, as ComfyUI sees them
-# ------------------------------------------------------------------------------------------
-def input_specs(node):
-    """[(name, kind, options, required)] of a node; kind is a widget type or 'LINK:<TYPE>'."""
-    spec = host_.node(node).INPUT_TYPES()
-    out = []
-    for section in ("required", "optional"):
-        for name, s in (spec.get(section) or {}).items():
-            typ, opts = s[0], (s[1] if len(s) > 1 and isinstance(s[1], dict) else {})
-            if isinstance(typ, (list, tuple)):
-                out.append((name, "COMBO", dict(opts, options=list(typ)), section == "required"))
-            elif typ in WIDGET_TYPES:
-                out.append((name, typ, dict(opts), section == "required"))
-            else:
-                out.append((name, f"LINK:{typ}", dict(opts), section == "required"))
-    return out
-
-
-def widget_defaults(node):
-    d = {}
-    for name, kind, opts, required in input_specs(node):
-        if kind in WIDGET_TYPES and required:
-            d[name] = opts["options"][0] if kind == "COMBO" and "default" not in opts else opts.get("default")
-    return d
 
 
 # ------------------------------------------------------------------------------------------
@@ -114,7 +87,7 @@ def base_prompt(node, tag="base"):
         "3": {"class_type": "NSETestMockTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
         LATENT: latent_node(w, h),
     }
-    widgets = dict(widget_defaults(node), **OVERRIDES[node])
+    widgets = dict(host_.widget_defaults(node), **OVERRIDES[node])
     mcn = {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0]}
     custom = {   # SamplerCustomAdvanced around a SAMPLER / GUIDER node
         "6": {"class_type": "CFGGuider", "inputs": dict(model=["1", 0], positive=["2", 0], negative=["3", 0],
@@ -147,7 +120,7 @@ def base_prompt(node, tag="base"):
         p["12"] = latent_node(8, 8, seed=5)                                       # the reference
         p[TARGET] = {"class_type": node, "inputs": dict(model=["1", 0], reference=["12", 0], **widgets)}
         p.update(custom)
-        p["9"] = {"class_type": "SplitSampler", "inputs": dict(widget_defaults("SplitSampler"), split_term="gradient",
+        p["9"] = {"class_type": "SplitSampler", "inputs": dict(host_.widget_defaults("SplitSampler"), split_term="gradient",
                                                                guidance=[TARGET, 0])}
         p["10"]["inputs"]["sampler"] = ["9", 0]
     elif node in ("SplitRespace", "NestedOfficialOuterScheduler"):
@@ -323,7 +296,7 @@ def all_cases():
     cases = []
     for node in PACK_NODES:
         cases.append(Case(node, "base", "valid", lambda p: None, [], valid=True))
-        for name, kind, opts, required in input_specs(node):
+        for name, kind, opts, required in host_.input_specs(node):
             if kind in WIDGET_TYPES:
                 for label, value, ok in widget_values(kind, opts):
                     mutate = _set(TARGET, name, value)
